@@ -1,0 +1,123 @@
+"""Decoding-engine benchmark: forward cost per cache mode, engine overhead, NFE and wall time per strategy.
+
+    python -m harness.bench                       # random LLaDA, d_model 512, 8 layers, CPU
+    python -m harness.bench --preset llada-8b --device cuda --dtype bfloat16   # the 8B architecture on a GPU
+
+Prints figures; nothing here is asserted. Random weights make the NFE of confidence-driven strategies close
+to the baseline's: the point is the cost of the machinery, not decoding quality.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from .decoding import DecodeConfig, generate
+from .models import KVCache, LLaDAConfig, random_llada
+from .models.metered import Metered, synchronize
+
+PRESETS = {
+    "small": dict(d_model=512, n_heads=8, n_layers=8, mlp_hidden_size=1536, vocab_size=32768),
+    "llada-8b": dict(d_model=4096, n_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464),
+}
+RUNS = [  # (label, settings)
+    ("baseline", dict(strategy="baseline")),
+    ("baseline + prefix", dict(strategy="baseline", cache="prefix")),
+    ("baseline + dual", dict(strategy="baseline", cache="dual")),
+    ("threshold 0.9", dict(strategy="threshold", threshold=0.9)),
+    ("threshold 0.9 + dual", dict(strategy="threshold", threshold=0.9, cache="dual")),
+    ("factor 1.0", dict(strategy="factor", factor=1.0)),
+    ("entropy_bounded 0.1", dict(strategy="entropy_bounded", gamma=0.1)),
+    ("oracle", dict(strategy="oracle")),
+]
+
+
+def time_forward(model, run, repeats: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        synchronize(model.device)
+        start = time.perf_counter()
+        run()
+        synchronize(model.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def forward_costs(model, ids: torch.Tensor, block_start: int, block_length: int, repeats: int) -> dict:
+    """Median seconds of one step: full canvas, prefix step (block + suffix), dual step (block only)."""
+    cache = KVCache()
+    model(ids, cache=cache)
+    end = block_start + block_length
+    return {
+        "none": time_forward(model, lambda: model(ids), repeats),
+        "prefix": time_forward(model, lambda: model(ids[:, block_start:], start=block_start, cache=cache), repeats),
+        "dual": time_forward(model, lambda: model(ids[:, block_start:end], start=block_start, cache=cache), repeats),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--gen-length", type=int, default=256)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--prompt-length", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per forward measurement")
+    parser.add_argument("--runs", nargs="*", help="labels of the strategy runs (default: all)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = [r for r in RUNS if not args.runs or r[0] in args.runs]
+    if args.runs and len(runs) != len(args.runs):
+        parser.error(f"unknown run label; choose from {[label for label, _ in RUNS]}")
+
+    shape = PRESETS[args.preset]
+    vocab = shape["vocab_size"]
+    cfg = LLaDAConfig(n_kv_heads=shape["n_heads"], max_sequence_length=4096, rope_theta=500000.0,
+                      rms_norm_eps=1e-5, mask_token_id=vocab - 1, eos_token_id=vocab - 2, pad_token_id=vocab - 2,
+                      **shape)
+    dtype = getattr(torch, args.dtype)
+    model = Metered(random_llada(cfg, seed=0, dtype=dtype, device=args.device))
+    params = sum(p.numel() for p in model.parameters())
+    ids = torch.randint(0, vocab - 2, (args.batch, args.prompt_length),
+                        generator=torch.Generator().manual_seed(0)).to(args.device)
+    decode = dict(gen_length=args.gen_length, block_length=args.block_length)
+    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"# random LLaDA '{args.preset}': {params / 1e6:.1f}M parameters, d_model {cfg.d_model}, "
+          f"{cfg.n_layers} layers, vocab {vocab}; {args.dtype} on {device_name}")
+    print(f"# prompt {args.prompt_length}, G {args.gen_length}, B {args.block_length}, batch {args.batch}\n")
+
+    canvas = torch.cat([ids, torch.full((args.batch, args.gen_length), cfg.mask_token_id, device=args.device)], 1)
+    costs = forward_costs(model, canvas, args.prompt_length, args.block_length, args.repeats)
+    print("| step | tokens fed | ms per forward | speed-up vs no cache |\n|---|---|---|---|")
+    fed = {"none": canvas.shape[1], "prefix": args.gen_length, "dual": args.block_length}
+    for mode, seconds in costs.items():
+        print(f"| {mode} | {fed[mode]} | {seconds * 1e3:.1f} | {costs['none'] / seconds:.2f}x |")
+
+    print("\n| run | NFE | wall s | ms per NFE | engine overhead (% of forward time) |\n|---|---|---|---|---|")
+    reference = None
+    for label, settings in runs:
+        config = DecodeConfig(**decode, **settings)
+        model.calls, model.seconds = 0, 0.0
+        synchronize(model.device)
+        start = time.perf_counter()
+        out = generate(model, ids, config, reference=reference)
+        synchronize(model.device)
+        wall = time.perf_counter() - start
+        if label == "baseline":
+            reference = out.tokens
+        overhead = (wall - model.seconds) / model.seconds * 100
+        print(f"| {label} | {out.nfe.float().mean():.1f} | {wall:.2f} | {wall / model.calls * 1e3:.1f} | "
+              f"{overhead:.1f} % |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

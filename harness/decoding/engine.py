@@ -1,0 +1,251 @@
+"""The block-wise decoding loop (LLaDA's semi-autoregressive sampler) shared by every policy.
+
+    canvas = prompt + [MASK] * G
+    for each block of B positions, left to right:
+        while the block has masks:
+            logits = model(canvas)                     # one NFE (a cached forward with cache=prefix|dual)
+            prediction, confidence = argmax, p(argmax)
+            commit = policy.select(...)                # which masked block positions to fill
+            canvas[commit] = prediction[commit]
+            if eotp: cut the canvas after the predicted end of text
+
+EoTP and the KV cache are switches of this one loop; a policy only chooses positions.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..models.llada import KVCache
+from .config import ConfigError, DecodeConfig
+from .policy import POLICIES, Policy, StepState
+
+
+@dataclass
+class Trace:
+    """Per-step record of every row's current block, padded to block_length (for learned policies).
+
+    One entry per (row, step): the block's confidences and predictions at all positions (decoded ones
+    included, in position order), which were masked before the step, which it committed, and which lie
+    inside the canvas (`valid`; False past an EoTP cut)."""
+
+    row: Tensor
+    block: Tensor
+    step: Tensor
+    confidence: Tensor
+    prediction: Tensor
+    masked: Tensor
+    committed: Tensor
+    valid: Tensor
+
+    def __len__(self) -> int:
+        return self.row.numel()
+
+
+@dataclass
+class DecodeOutput:
+    tokens: Tensor  # [batch, gen_length] generated region; EOS past an EoTP cut
+    nfe: Tensor  # [batch] forward passes each row took part in (cache refreshes included)
+    steps_per_block: Tensor  # [batch, num_blocks] forwards spent in each block (0: skipped by EoTP)
+    tokens_per_step: list[list[int]]  # per row: tokens committed at each of its steps
+    wall_time: Tensor  # [batch] seconds from the start until the row had no mask left
+    eotp_skipped: Tensor  # [batch] generated positions past the EoTP cut: EOS, no longer fed to the model
+    trace: Trace | None = None
+    config: DecodeConfig | None = field(default=None, repr=False)
+
+
+class Canvas:
+    """Prompt + generation region of every row, with each row's current end (EoTP shortens it)."""
+
+    def __init__(self, input_ids: Tensor, attention_mask: Tensor | None, gen_length: int, mask_id: int,
+                 eos_id: int):
+        batch, self.prompt_length = input_ids.shape
+        device = input_ids.device
+        self.x = torch.cat([input_ids, input_ids.new_full((batch, gen_length), mask_id)], dim=1)
+        self.mask_id, self.eos_id = mask_id, eos_id
+        self.positions = torch.arange(self.x.shape[1], device=device)
+        self.end = torch.full((batch,), self.x.shape[1], device=device)
+        prompt_keys = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None \
+            else attention_mask.bool()
+        self.keys = torch.cat([prompt_keys, prompt_keys.new_ones((batch, gen_length))], dim=1)
+        self.padded = not bool(prompt_keys.all())
+
+    def key_mask(self, rows: Tensor, length: int) -> Tensor | None:
+        """Keys to attend to over positions [0, length); None when every key is valid (fast path)."""
+        if not self.padded and bool((self.end[rows] >= length).all()):
+            return None
+        return self.keys[rows, :length]
+
+    def cut(self, rows: Tensor, new_end: Tensor) -> None:
+        """Shorten rows to end at `new_end` (exclusive); what lies beyond becomes EOS and is never fed again."""
+        self.end[rows] = torch.minimum(self.end[rows], new_end)
+        beyond = self.positions >= self.end[:, None]
+        self.x[beyond] = self.eos_id
+        self.keys &= ~beyond
+
+
+def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask, reference) -> Policy:
+    """Every error a decode can hit, raised in one line before the first forward."""
+    if input_ids.dim() != 2:
+        raise ConfigError(f"input_ids must be [batch, prompt_length], got shape {tuple(input_ids.shape)}")
+    total = input_ids.shape[1] + config.gen_length
+    if total > model.max_length:
+        raise ConfigError(f"prompt ({input_ids.shape[1]}) + gen_length ({config.gen_length}) = {total} "
+                          f"exceeds the model's max length {model.max_length}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ConfigError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                          f"input_ids {tuple(input_ids.shape)}")
+    if config.cache != "none" and not getattr(model, "supports_cache", False):
+        raise ConfigError(f"{type(model).__name__} has no KV cache; use cache='none'")
+    policy = POLICIES[config.strategy](config)
+    if policy.needs_reference:
+        if reference is None:
+            raise ConfigError(f"strategy {config.strategy!r} needs reference= (a baseline decode's tokens)")
+        if reference.shape != (input_ids.shape[0], config.gen_length):
+            raise ConfigError(f"reference has shape {tuple(reference.shape)}, expected "
+                              f"{(input_ids.shape[0], config.gen_length)}")
+    return policy
+
+
+def quota_schedule(masks: Tensor, steps: int) -> Tensor:
+    """LLaDA's uniform schedule: [rows, steps] tokens per step, the remainder spread over the first steps."""
+    base, extra = masks // steps, masks % steps
+    return base[:, None] + (torch.arange(steps, device=masks.device) < extra[:, None]).long()
+
+
+def predict(block_logits: Tensor, config: DecodeConfig, generator) -> tuple[Tensor, Tensor]:
+    """Per position: the prediction (argmax, or a Gumbel-max sample at temperature > 0) and the softmax
+    probability of that prediction under the un-noised logits."""
+    probs = block_logits.float().softmax(-1)
+    if config.temperature > 0:
+        uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=torch.float64)
+        prediction = (block_logits.double() - config.temperature * (-uniform.log()).log()).argmax(-1)
+        return prediction, probs.gather(-1, prediction[..., None]).squeeze(-1)
+    confidence, prediction = probs.max(-1)
+    return prediction, confidence
+
+
+def eotp_end(canvas: Canvas, rows: Tensor, logits: Tensor, lo: int, committed_eos: Tensor, s: int) -> Tensor:
+    """Learn2PD's End-of-Text Prediction: the new canvas end of each row.
+
+    If this step committed an EOS, the canvas ends right after the first one; otherwise, if a still-masked
+    position (among those this forward produced logits for) predicts EOS, it ends after the most confident."""
+    x = canvas.x[rows, lo:lo + logits.shape[1]]
+    candidates = (x == canvas.mask_id) & (logits.argmax(-1) == canvas.eos_id)
+    eos_conf = torch.full(candidates.shape, float("-inf"), device=logits.device)
+    if candidates.any():  # log p(EOS), only where EOS is the prediction
+        picked = logits[candidates].float()
+        eos_conf[candidates] = picked[:, canvas.eos_id] - picked.logsumexp(-1)
+    predicted_end = lo + eos_conf.argmax(-1) + 1
+    first_committed = s + committed_eos.int().argmax(-1) + 1
+    no_cut = canvas.end[rows]
+    return torch.where(committed_eos.any(-1), first_committed,
+                       torch.where(candidates.any(-1), predicted_end, no_cut))
+
+
+@torch.no_grad()
+def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: Tensor | None = None,
+             reference: Tensor | None = None, trace: bool = False) -> DecodeOutput:
+    """Decode `gen_length` tokens after each (left-padded) prompt with `config.strategy`."""
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+        attention_mask = None if attention_mask is None else attention_mask[None]
+    policy = check_inputs(model, input_ids, config, attention_mask, reference)
+    start_time = time.perf_counter()
+    device = model.device
+    input_ids = input_ids.to(device)
+    canvas = Canvas(input_ids, None if attention_mask is None else attention_mask.to(device),
+                    config.gen_length, model.mask_token_id, model.eos_token_id)
+    if reference is not None:
+        reference = reference.to(device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    batch, P, B, S = input_ids.shape[0], canvas.prompt_length, config.block_length, config.steps_per_block
+    steps_per_block = torch.zeros(batch, config.num_blocks, dtype=torch.long, device=device)
+    committed_log: list[Tensor] = []  # [batch] per global step; -1 for rows not fed at that step
+    finish_time = torch.full((batch,), float("nan"))
+    records: list[dict] = []
+    all_rows = torch.arange(batch, device=device)
+
+    for block in range(config.num_blocks):
+        s, e = P + block * B, P + (block + 1) * B
+        plan = quota_schedule((canvas.x[:, s:e] == canvas.mask_id).sum(-1), S)
+        cache, cache_rows = None, None
+        step = 0
+        while True:
+            rows = all_rows[(canvas.x[:, s:e] == canvas.mask_id).any(-1)]
+            if rows.numel() == 0:
+                break
+            if step > B + S:
+                raise RuntimeError(f"strategy {config.strategy!r} stopped committing tokens")
+
+            # One forward (NFE): the whole canvas, or with a cache only the block (dual) / block + suffix
+            # (prefix), served the other positions' K/V from the refresh at the block's first step.
+            if config.cache == "none" or step == 0:
+                lo, hi = 0, int(canvas.end[rows].max())
+                cache = None if config.cache == "none" else KVCache()
+                cache_rows = rows
+                logits = model(canvas.x[rows, :hi], canvas.key_mask(rows, hi), cache=cache)
+            else:
+                if rows.numel() != cache_rows.numel():  # rows that finished the block leave the batch
+                    cache = cache.select_rows(torch.searchsorted(cache_rows, rows))
+                    cache_rows = rows
+                lo, hi = s, (min(e, len(cache)) if config.cache == "dual" else len(cache))
+                logits = model(canvas.x[rows, lo:hi], canvas.key_mask(rows, len(cache)), start=lo, cache=cache)
+            steps_per_block[rows, block] += 1
+
+            block_end = min(e, hi)
+            block_logits = logits[:, s - lo:block_end - lo]
+            current = canvas.x[rows, s:block_end]
+            masked = current == canvas.mask_id
+            prediction, confidence = predict(block_logits, config, generator)
+            state = StepState(
+                logits=block_logits, prediction=prediction, confidence=confidence, masked=masked,
+                quota=plan[rows, step] if step < S else torch.ones_like(rows), step=step,
+                reference=None if reference is None else reference[rows, s - P:block_end - P],
+                generator=generator)
+            commit = policy.select(state) & masked
+            canvas.x[rows, s:block_end] = torch.where(commit, policy.tokens(state), current)
+
+            if config.eotp:
+                committed_eos = commit & (canvas.x[rows, s:block_end] == canvas.eos_id)
+                canvas.cut(rows, eotp_end(canvas, rows, logits, lo, committed_eos, s))
+
+            counts = torch.full((batch,), -1, dtype=torch.long, device=device)
+            counts[rows] = commit.sum(-1)
+            committed_log.append(counts)
+            if trace:
+                records.append(_trace_record(rows, block, step, B, state, commit, canvas.end[rows] - s))
+            done = ~(canvas.x[:, P:] == canvas.mask_id).any(-1).cpu() & finish_time.isnan()
+            finish_time[done] = time.perf_counter() - start_time
+            step += 1
+
+    tokens = canvas.x[:, P:]
+    per_step = torch.stack(committed_log, 1).tolist() if committed_log else [[] for _ in range(batch)]
+    return DecodeOutput(
+        tokens=tokens,
+        nfe=steps_per_block.sum(1),
+        steps_per_block=steps_per_block,
+        tokens_per_step=[[c for c in row if c >= 0] for row in per_step],
+        wall_time=torch.nan_to_num(finish_time, nan=time.perf_counter() - start_time),
+        eotp_skipped=(P + config.gen_length - canvas.end).clamp(min=0),
+        trace=_stack_trace(records) if trace else None,
+        config=config,
+    )
+
+
+def _trace_record(rows, block, step, B, state: StepState, commit, valid_length) -> dict:
+    def pad(t):
+        return torch.nn.functional.pad(t.to(torch.uint8) if t.dtype == torch.bool else t,
+                                       (0, B - t.shape[1])).to(t.dtype)
+    n = rows.numel()
+    return dict(row=rows, block=torch.full((n,), block), step=torch.full((n,), step),
+                confidence=pad(state.confidence.float()), prediction=pad(state.prediction),
+                masked=pad(state.masked), committed=pad(commit),
+                valid=torch.arange(B, device=rows.device)[None] < valid_length[:, None])
+
+
+def _stack_trace(records: list[dict]) -> Trace:
+    return Trace(**{k: torch.cat([r[k].cpu() for r in records]) for k in Trace.__dataclass_fields__})

@@ -1,0 +1,15 @@
+import torch
+
+from ..policy import Policy, prefix_length, register_policy, top_k
+
+
+@register_policy("factor")
+class Factor(Policy):
+    """Fast-dLLM's factor rule: with the block's masked confidences sorted c_1 >= c_2 >= ..., commit the
+    longest prefix with (k + 1)(1 - c_k) <= factor for every k in it (k = 1 always)."""
+
+    def select(self, state):
+        conf = state.confidence.masked_fill(~state.masked, -1.0).sort(-1, descending=True).values
+        k = torch.arange(1, conf.shape[-1] + 1, device=conf.device)
+        n = prefix_length((k + 1) * (1 - conf) <= self.config.factor)
+        return top_k(state.confidence, state.masked, n)

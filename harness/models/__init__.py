@@ -1,0 +1,7 @@
+"""Diffusion LMs behind one small interface: called as `model(input_ids, attention_mask, start=, cache=)` for
+logits, with `mask_token_id`, `eos_token_id`, `vocab_size`, `max_length`, `tokenizer`, `supports_cache`."""
+from .llada import KVCache, LLaDA, LLaDAConfig, random_llada
+from .loading import load_model, save_llada
+from .masked_lm import MaskedLM
+
+__all__ = ["KVCache", "LLaDA", "LLaDAConfig", "MaskedLM", "load_model", "random_llada", "save_llada"]

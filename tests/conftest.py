@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.models import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DLLM_SHARED", REPO.parent / "shared"))
+FIXTURE = SHARED / "fixtures" / "llada_tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The golden fixture's LLaDA (official layout, random weights; mask 310, eos 257, max length 128)."""
+    if not FIXTURE.exists():
+        pytest.fail(f"golden fixture not found at {FIXTURE} (set DLLM_SHARED to the shared/ folder)")
+    return load_model(FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def eos_prone(tiny):
+    """The fixture model with its EOS logit scaled up, so that it predicts end of text at many positions."""
+    model = load_model(FIXTURE)
+    with torch.no_grad():
+        head = model.model.transformer.ff_out.weight
+        head[model.eos_token_id] = 6 * head[model.eos_token_id]
+    return model
+
+
+@pytest.fixture
+def prompts():
+    return torch.randint(0, 250, (3, 10), generator=torch.Generator().manual_seed(0))

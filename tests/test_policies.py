@@ -1,0 +1,55 @@
+"""Each policy's selection rule on hand-made confidences."""
+import torch
+
+from harness.decoding import POLICIES, DecodeConfig, StepState
+
+
+def state(confidence, masked=None, quota=1, prediction=None, reference=None, logits=None):
+    confidence = torch.tensor([confidence])
+    n = confidence.shape[1]
+    return StepState(
+        logits=logits if logits is not None else torch.zeros(1, n, 4),
+        prediction=torch.tensor([prediction]) if prediction else torch.zeros(1, n, dtype=torch.long),
+        confidence=confidence,
+        masked=torch.tensor([masked]) if masked else torch.ones(1, n, dtype=torch.bool),
+        quota=torch.tensor([quota]), step=0,
+        reference=torch.tensor([reference]) if reference else None)
+
+
+def select(strategy, s, **settings):
+    policy = POLICIES[strategy](DecodeConfig(strategy=strategy, **settings))
+    return policy.select(s)[0].tolist()
+
+
+def test_baseline_takes_the_quota_of_most_confident_masked():
+    s = state([0.9, 0.2, 0.8, 0.5], masked=[False, True, True, True], quota=2)
+    assert select("baseline", s) == [False, False, True, True]
+
+
+def test_threshold_commits_above_tau_or_the_best_one():
+    assert select("threshold", state([0.95, 0.91, 0.3, 0.99], masked=[True, True, True, False]),
+                  threshold=0.9) == [True, True, False, False]
+    assert select("threshold", state([0.2, 0.5, 0.3]), threshold=0.9) == [False, True, False]
+
+
+def test_factor_rule():
+    # sorted 0.99, 0.9, 0.6: (k+1)(1-c) = 0.02, 0.3, 1.6 -> with f=1 the first two pass
+    assert select("factor", state([0.6, 0.99, 0.9]), factor=1.0) == [False, True, True]
+    assert select("factor", state([0.6, 0.99, 0.9]), factor=2.0) == [True, True, True]
+    assert select("factor", state([0.1, 0.2]), factor=0.5) == [False, True]  # k = 1 always
+
+
+def test_entropy_bound():
+    # entropies of [uniform over 4, one-hot, uniform over 2, one-hot]
+    probs = torch.tensor([[[.25] * 4, [1, 0, 0, 0], [.5, .5, 0, 0], [1, 0, 0, 0]]])
+    s = state([0.25, 1.0, 0.5, 1.0], logits=probs.log())
+    # sorted entropies 0, 0, ln2, ln4; sum minus the largest: 0, 0, 0, ln2 = 0.69
+    assert select("entropy_bounded", s, gamma=0.5) == [False, True, True, True]
+    assert select("entropy_bounded", s, gamma=0.7) == [True, True, True, True]
+
+
+def test_oracle_commits_matches_or_forces_one():
+    s = state([0.3, 0.9, 0.5], prediction=[4, 5, 6], reference=[4, 7, 6])
+    assert select("oracle", s) == [True, False, True]
+    s = state([0.3, 0.9, 0.5], prediction=[1, 1, 1], reference=[4, 7, 6])
+    assert select("oracle", s) == [False, True, False]
