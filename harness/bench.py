@@ -59,6 +59,24 @@ def forward_costs(model, ids: torch.Tensor, block_start: int, block_length: int,
     }
 
 
+@torch.no_grad()
+def filter_overhead(repeats: int = 300) -> None:
+    """The learned filter's cost per step against one forward of the embedded default model (batch 1)."""
+    from .learn2pd.filter import load_filter, resolve_filter
+    from .models import load_model
+    from .models.loading import NAMED_MODELS
+    if not (NAMED_MODELS["tiny"] / "config.json").exists() or not resolve_filter("tiny").exists():
+        print("\n(no embedded default model and filter in this checkout: filter overhead not measured)")
+        return
+    model, filter_ = load_model("tiny"), load_filter("tiny")
+    canvas = torch.full((1, 56), model.mask_token_id)
+    confidence = torch.rand(1, filter_.block_length)
+    forward = time_forward(model, lambda: model(canvas), repeats)
+    step = time_forward(model, lambda: filter_.block_logits(confidence), repeats)
+    print(f"\nlearned filter: {step * 1e6:.1f} us per step = {100 * step / forward:.2f} % of one forward of the "
+          f"embedded default ({forward * 1e3:.2f} ms, batch 1, 56 positions)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
@@ -117,6 +135,7 @@ def main(argv=None) -> None:
         overhead = (wall - model.seconds) / model.seconds * 100
         print(f"| {label} | {out.nfe.float().mean():.1f} | {wall:.2f} | {wall / model.calls * 1e3:.1f} | "
               f"{overhead:.1f} % |", flush=True)
+    filter_overhead()
 
 
 if __name__ == "__main__":

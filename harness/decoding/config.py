@@ -22,6 +22,8 @@ class DecodeConfig:
     threshold: float = 0.9  # threshold: commit positions with confidence > threshold
     factor: float = 1.0  # factor: Fast-dLLM's (k+1)(1 - c_k) <= factor rule
     gamma: float = 0.1  # entropy_bounded: entropy budget of one step
+    filter_path: str | None = None  # learned: a filter file, or a shipped filter's name ("tiny")
+    filter_threshold: float = 0.96  # learned: commit masked positions with sigma(f(c)) > filter_threshold
     eotp: bool = False  # End-of-Text Prediction: cut the canvas once EOS is predicted
     cache: str = "none"  # none | prefix | dual (Fast-dLLM KV caches, refreshed once per block)
     seed: int = 0  # for temperature sampling and random remasking
@@ -42,8 +44,9 @@ class DecodeConfig:
             raise ConfigError(f"unknown cache {self.cache!r}; choose from {list(CACHE_MODES)}")
         if self.remasking not in REMASKING:
             raise ConfigError(f"unknown remasking {self.remasking!r}; choose from {list(REMASKING)}")
-        if not 0 < self.threshold <= 1:
-            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}")
+        for name in ("threshold", "filter_threshold"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.factor <= 0 or self.gamma < 0 or self.temperature < 0:
             raise ConfigError(f"factor must be > 0, gamma and temperature >= 0 (got factor={self.factor}, "
                               f"gamma={self.gamma}, temperature={self.temperature})")

@@ -200,7 +200,9 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             block_logits = logits[:, s - lo:block_end - lo]
             current = canvas.x[rows, s:block_end]
             masked = current == canvas.mask_id
+            inside = canvas.positions[s:block_end] < canvas.end[rows, None]  # False past this row's cut
             prediction, confidence = predict(block_logits, config, generator)
+            confidence = confidence.masked_fill(~inside, 0.0)  # a cut block reads as zero-padded
             state = StepState(
                 logits=block_logits, prediction=prediction, confidence=confidence, masked=masked,
                 quota=plan[rows, step] if step < S else torch.ones_like(rows), step=step,
@@ -217,7 +219,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             counts[rows] = commit.sum(-1)
             committed_log.append(counts)
             if trace:
-                records.append(_trace_record(rows, block, step, B, state, commit, canvas.end[rows] - s))
+                records.append(_trace_record(rows, block, step, B, state, commit, inside))
             done = ~(canvas.x[:, P:] == canvas.mask_id).any(-1).cpu() & finish_time.isnan()
             finish_time[done] = time.perf_counter() - start_time
             step += 1
@@ -236,15 +238,14 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
     )
 
 
-def _trace_record(rows, block, step, B, state: StepState, commit, valid_length) -> dict:
+def _trace_record(rows, block, step, B, state: StepState, commit, inside) -> dict:
     def pad(t):
         return torch.nn.functional.pad(t.to(torch.uint8) if t.dtype == torch.bool else t,
                                        (0, B - t.shape[1])).to(t.dtype)
     n = rows.numel()
     return dict(row=rows, block=torch.full((n,), block), step=torch.full((n,), step),
                 confidence=pad(state.confidence.float()), prediction=pad(state.prediction),
-                masked=pad(state.masked), committed=pad(commit),
-                valid=torch.arange(B, device=rows.device)[None] < valid_length[:, None])
+                masked=pad(state.masked), committed=pad(commit), valid=pad(inside))
 
 
 def _stack_trace(records: list[dict]) -> Trace:

@@ -9,6 +9,9 @@ from safetensors import safe_open
 
 from .llada import LLaDA, LLaDAConfig
 
+# Checkpoints shipped inside the package, loadable by name.
+NAMED_MODELS = {"tiny": Path(__file__).resolve().parents[1] / "assets" / "tiny-llada"}
+
 
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
@@ -25,7 +28,13 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool = False):
     if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         return None
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    from transformers.utils import logging
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # AutoConfig does not know `llada` and says so; the tokenizer loads fine
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def load_state_dict_strict(model: torch.nn.Module, files: list[Path], dtype: torch.dtype, device) -> None:
@@ -65,12 +74,12 @@ def load_llada(folder: Path, dtype: torch.dtype, device) -> LLaDA:
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", *,
                shift_logits: bool = False, trust_remote_code: bool = False,
                mask_token_id: int | None = None, eos_token_id: int | None = None):
-    """Load a dLLM from a local folder.
+    """Load a dLLM from a local folder, or a shipped one by name ("tiny": the embedded default).
 
     A folder whose config.json says `model_type: llada` loads into the native LLaDA implementation (KV cache
     supported); any other folder loads as a transformers masked LM (`AutoModelForMaskedLM`).
     """
-    folder = Path(path).expanduser()
+    folder = NAMED_MODELS.get(str(path), Path(path).expanduser())
     config_file = folder / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{folder}: no config.json (expected a local Hugging Face-format model folder)")

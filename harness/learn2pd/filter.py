@@ -1,0 +1,101 @@
+"""Learn2PD's filter f_theta: a tiny MLP from the current block's confidences to one logit per position,
+read as "this position's prediction is already final"."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+FEATURES = ("confidence", "position", "step")  # inputs the filter can see; the paper uses confidences only
+NAMED_FILTERS = {"tiny": Path(__file__).resolve().parents[1] / "assets" / "tiny-llada" / "filter.safetensors"}
+
+
+def resolve_filter(name_or_path: str | Path) -> Path:
+    return NAMED_FILTERS.get(str(name_or_path), Path(name_or_path).expanduser())
+
+
+class Filter(nn.Module):
+    """`depth` linear layers with ReLU between them; layer i is named `linear{i}` so the authors' released
+    `layer_2_flan.pth` (linear1: 32->32, linear2: 32->32) loads as is. Inputs: B confidences, plus B position
+    indices / one step index when those features are switched on."""
+
+    def __init__(self, block_length: int = 32, hidden: int | None = None, depth: int = 2,
+                 features: tuple[str, ...] = ("confidence",)):
+        super().__init__()
+        unknown = set(features) - set(FEATURES)
+        if unknown or "confidence" not in features:
+            raise ValueError(f"filter features must include 'confidence' and come from {FEATURES}: {features}")
+        self.block_length, self.depth, self.features = block_length, depth, tuple(features)
+        self.hidden = hidden or block_length
+        inputs = block_length * (1 + ("position" in features)) + ("step" in features)
+        widths = [inputs] + [self.hidden] * (depth - 1) + [block_length]
+        for i in range(depth):
+            self.add_module(f"linear{i + 1}", nn.Linear(widths[i], widths[i + 1]))
+
+    def featurize(self, confidence: Tensor, step: int | Tensor = 0) -> Tensor:
+        """[n, width <= B] confidences -> [n, inputs]; a block shortened by EoTP is zero-padded to B."""
+        n, width = confidence.shape
+        padded = confidence.float()
+        if width < self.block_length:
+            padded = nn.functional.pad(padded, (0, self.block_length - width))
+        if self.features == ("confidence",):
+            return padded
+        parts = [padded]
+        if "position" in self.features:
+            parts.append(torch.arange(self.block_length, device=confidence.device).float()
+                         .div(self.block_length).expand(n, -1))
+        if "step" in self.features:
+            parts.append(torch.as_tensor(step, device=confidence.device).float().reshape(-1, 1).expand(n, 1)
+                         / self.block_length)
+        return torch.cat(parts, -1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        h = features
+        for i in range(1, self.depth + 1):
+            h = getattr(self, f"linear{i}")(h)
+            if i < self.depth:
+                h = torch.relu(h)
+        return h
+
+    def block_logits(self, confidence: Tensor, step: int | Tensor = 0) -> Tensor:
+        """f(c) per block position, cropped back to the block's width."""
+        return self(self.featurize(confidence, step))[:, :confidence.shape[1]]
+
+    def accept_probability(self, confidence: Tensor, step: int | Tensor = 0) -> Tensor:
+        return torch.sigmoid(self.block_logits(confidence, step))
+
+    def metadata(self) -> dict:
+        return {"block_length": self.block_length, "hidden": self.hidden, "depth": self.depth,
+                "features": list(self.features)}
+
+
+def save_filter(model: Filter, path: str | Path, **extra) -> Path:
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**model.metadata(), **extra}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"learn2pd_filter": json.dumps(meta)})
+    return path
+
+
+def load_filter(path: str | Path, device="cpu") -> Filter:
+    """Load a filter saved by this package (.safetensors) or a released Learn2PD state dict (.pth/.pt)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"filter file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["learn2pd_filter"])
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        model = Filter(meta["block_length"], meta["hidden"], meta["depth"], tuple(meta["features"]))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        depth = len([k for k in state if k.endswith(".weight")])
+        first, last = state["linear1.weight"], state[f"linear{depth}.weight"]
+        model = Filter(block_length=last.shape[0], hidden=first.shape[0] if depth > 1 else None, depth=depth)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval().requires_grad_(False)

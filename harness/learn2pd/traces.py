@@ -1,0 +1,77 @@
+"""Oracle traces for the filter: for each prompt a baseline decode gives the reference answer, then an oracle
+("Extremely Greedy Parallel") rollout records, at every step of every block, the block's B confidences and
+the B labels `prediction == reference`. One example per step."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from ..decoding import DecodeConfig, generate
+
+
+@dataclass
+class TraceSet:
+    confidence: Tensor  # [N, B] float32, all block positions in order (decoded ones included)
+    label: Tensor  # [N, B] 1 where the current prediction equals the reference
+    valid: Tensor  # [N, B] False where an EoTP-shortened block was zero-padded
+    step: Tensor  # [N] step index within the block
+    prompt: Tensor  # [N] index of the prompt the example came from
+    meta: dict
+
+    def __len__(self) -> int:
+        return self.confidence.shape[0]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: getattr(self, k).contiguous() for k in ("confidence", "label", "valid", "step", "prompt")}
+        save_file(tensors, str(path), metadata={"meta": json.dumps(self.meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TraceSet:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["meta"])
+        return cls(**load_file(str(path)), meta=meta)
+
+
+def oracle_labels(trace, reference: Tensor, block_length: int) -> Tensor:
+    """Label of each traced position: does the prediction equal the reference token there?"""
+    positions = trace.block[:, None] * block_length + torch.arange(block_length)
+    inside = positions < reference.shape[1]
+    ref = reference.cpu()[trace.row[:, None], positions.clamp(max=reference.shape[1] - 1)]
+    return (trace.prediction == ref) & inside & trace.valid
+
+
+@torch.no_grad()
+def collect(model, prompts: list[str], config: DecodeConfig, batch_size: int = 32, meta: dict | None = None,
+            chat_template: bool = False) -> TraceSet:
+    """Baseline reference + traced oracle rollout for every prompt (raw prompts by default, as the paper)."""
+    tokenizer = model.tokenizer
+    baseline = replace(config, strategy="baseline")
+    parts = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="collect", unit="batch"):
+        texts = prompts[start:start + batch_size]
+        if chat_template:
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                   add_generation_prompt=True) for t in texts]
+        batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=not chat_template)
+        reference = generate(model, batch.input_ids, baseline, attention_mask=batch.attention_mask).tokens
+        out = generate(model, batch.input_ids, replace(config, strategy="oracle"),
+                       attention_mask=batch.attention_mask, reference=reference, trace=True)
+        trace = out.trace
+        parts.append(dict(confidence=trace.confidence, label=oracle_labels(trace, reference, config.block_length),
+                          valid=trace.valid, step=trace.step, prompt=trace.row + start))
+    tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    meta = {**(meta or {}), "gen_length": config.gen_length, "block_length": config.block_length,
+            "steps": config.steps or config.gen_length, "eotp": config.eotp, "cache": config.cache,
+            "prompts": len(prompts), "examples": len(tensors["step"]),
+            "positive_rate": tensors["label"][tensors["valid"]].float().mean().item()}
+    return TraceSet(**tensors, meta=meta)

@@ -1,0 +1,136 @@
+"""Learn2PD: trace labels, the filter and its released-file loader, filter training, the learned policy."""
+import argparse
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from harness.decoding import ConfigError, DecodeConfig, generate
+from harness.learn2pd import Filter, TraceSet, collect, load_filter, oracle_labels, save_filter, train_filter
+from harness.models import load_model
+from harness.tasks import TASKS, held_out, vocabulary
+from harness.tasks.tokenizer import build_tokenizer
+from harness.train import make_model
+
+from .conftest import FIXTURE
+
+G, B = 32, 8
+
+
+def test_labels_mark_predictions_equal_to_the_reference():
+    reference = torch.tensor([[5, 6, 7, 8], [1, 2, 3, 4]])
+    trace = SimpleNamespace(row=torch.tensor([0, 1, 1]), block=torch.tensor([1, 0, 1]),
+                            prediction=torch.tensor([[7, 0], [1, 9], [3, 4]]),
+                            valid=torch.tensor([[True, True], [True, True], [True, False]]))
+    labels = oracle_labels(trace, reference, block_length=2)
+    assert labels.tolist() == [[True, False], [True, False], [True, False]]  # invalid (cut) is never positive
+
+
+def test_filter_matches_the_paper_and_loads_the_released_file(tmp_path):
+    model = Filter(block_length=32)
+    assert sum(p.numel() for p in model.parameters()) == 2112
+    released = {"linear1.weight": torch.randn(32, 32), "linear1.bias": torch.randn(32),
+                "linear2.weight": torch.randn(32, 32), "linear2.bias": torch.randn(32)}
+    torch.save(released, tmp_path / "layer_2_flan.pth")
+    loaded = load_filter(tmp_path / "layer_2_flan.pth")
+    assert (loaded.depth, loaded.block_length, loaded.hidden) == (2, 32, 32)
+    c = torch.rand(3, 32)
+    expected = torch.relu(c @ released["linear1.weight"].T + released["linear1.bias"]) @ released["linear2.weight"].T
+    torch.testing.assert_close(loaded(c), expected + released["linear2.bias"])
+    # a block shortened by EoTP is zero-padded to B and the output cropped
+    short = torch.rand(2, 20)
+    torch.testing.assert_close(loaded.accept_probability(short),
+                               torch.sigmoid(loaded(torch.nn.functional.pad(short, (0, 12))))[:, :20])
+
+
+def test_saved_filter_roundtrip_with_extra_features(tmp_path):
+    model = Filter(block_length=8, hidden=16, depth=4, features=("confidence", "position", "step"))
+    path = save_filter(model, tmp_path / "f.safetensors")
+    loaded = load_filter(path)
+    c = torch.rand(5, 8)
+    torch.testing.assert_close(loaded.accept_probability(c, 3), model.accept_probability(c, 3))
+
+
+@pytest.fixture(scope="module")
+def micro():
+    """A small trained-from-scratch-shaped LLaDA with the tasks' tokenizer (random weights)."""
+    args = argparse.Namespace(d_model=32, heads=2, layers=1, mlp=64, max_length=64, seed=0)
+    return make_model(args, build_tokenizer(vocabulary())).eval().requires_grad_(False)
+
+
+def test_collect_records_one_example_per_oracle_step(micro, tmp_path):
+    prompts = [p.prompt for p in held_out(TASKS["perm"])["validation"][:12]]
+    traces = collect(micro, prompts, DecodeConfig(gen_length=G, block_length=B), batch_size=5, meta={"task": "perm"})
+    assert traces.meta["prompts"] == 12 and traces.meta["examples"] == len(traces) > 12 * (G // B) - 1
+    assert traces.confidence.shape == (len(traces), B) and traces.valid.all()
+    assert set(traces.prompt.tolist()) == set(range(12))
+    loaded = TraceSet.load(traces.save(tmp_path / "t.safetensors"))
+    assert torch.equal(loaded.label, traces.label) and loaded.meta == traces.meta
+
+
+def test_training_lowers_validation_bce():
+    gen = torch.Generator().manual_seed(0)
+    confidence = torch.rand(600, 8, generator=gen)
+    labels = confidence > 0.6  # a learnable rule: confident positions are final
+    traces = TraceSet(confidence, labels, torch.ones_like(labels), torch.zeros(600, dtype=torch.long),
+                      torch.arange(600), meta={})
+    _, short = train_filter(traces, iterations=1, progress=False)
+    _, trained = train_filter(traces, iterations=1500, progress=False)
+    assert trained["validation"]["bce"] < 0.5 * short["validation"]["bce"]
+    assert trained["examples"] == {"train": 480, "validation": 60, "test": 60}
+
+
+def accept_all_filter(folder, block_length):
+    model = Filter(block_length=block_length)
+    with torch.no_grad():
+        model.linear2.bias.fill_(100.0)
+    return str(save_filter(model, folder / f"all{block_length}.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def accept_all(tmp_path_factory):
+    return accept_all_filter(tmp_path_factory.mktemp("filter"), B)
+
+
+def test_learned_at_tau_one_is_baseline(tiny, prompts, accept_all):
+    base = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B))
+    out = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned",
+                                                  filter_path=accept_all, filter_threshold=1.0))
+    assert torch.equal(out.tokens, base.tokens) and torch.equal(out.nfe, base.nfe)
+
+
+def test_learned_commits_what_the_filter_accepts(tiny, prompts, accept_all):
+    out = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned",
+                                                  filter_path=accept_all))
+    assert out.nfe.tolist() == [G // B] * 3  # every block in one step
+    first = tiny(torch.cat([prompts, torch.full((3, G), tiny.mask_token_id)], 1))
+    assert torch.equal(out.tokens[:, :B], first[:, prompts.shape[1]:prompts.shape[1] + B].argmax(-1))
+
+
+def test_eotp_cuts_after_the_first_accepted_eos(prompts, tmp_path):
+    eos_prone = load_model(FIXTURE)
+    P = prompts.shape[1]
+    canvas = torch.cat([prompts, torch.full((3, G), eos_prone.mask_token_id)], 1)
+    with torch.no_grad():  # make EOS the first forward's prediction wherever its favourite token was
+        head = eos_prone.model.transformer.ff_out.weight
+        favourite = eos_prone(canvas)[:, P:].argmax(-1).flatten().mode().values
+        head[eos_prone.eos_token_id] = 2 * head[favourite]
+    out = generate(eos_prone, prompts, DecodeConfig(gen_length=G, block_length=G, strategy="learned",
+                                                       filter_path=accept_all_filter(tmp_path, G), eotp=True))
+    predicted = eos_prone(torch.cat([prompts, torch.full((3, G), eos_prone.mask_token_id)], 1))[:, P:]
+    predicted = predicted.argmax(-1)
+    rows = [r for r in range(3) if (predicted[r] == eos_prone.eos_token_id).any()]
+    assert rows, "the EOS-prone fixture should predict EOS in some first block"
+    for row in rows:  # the whole first block is accepted at step 1, so the first EOS in it ends the text
+        cut = (predicted[row] == eos_prone.eos_token_id).nonzero()[0, 0].item() + 1
+        assert torch.equal(out.tokens[row, :cut], predicted[row, :cut])
+        assert (out.tokens[row, cut:] == eos_prone.eos_token_id).all() and out.nfe[row] == 1
+
+
+def test_learned_needs_an_existing_filter():
+    with pytest.raises(ConfigError, match="needs filter_path"):
+        DecodeConfig(strategy="learned")
+    with pytest.raises(ConfigError, match="filter file not found"):
+        DecodeConfig(strategy="learned", filter_path="/nonexistent/filter.safetensors")
+    with pytest.raises(ConfigError, match="filter_threshold must be in"):
+        DecodeConfig(strategy="learned", filter_path="x", filter_threshold=0)
