@@ -33,9 +33,12 @@ def make_model(args, tokenizer):
                       rope_theta=10000.0, rms_norm_eps=1e-5, mask_token_id=tokenizer.mask_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model = random_llada(cfg, seed=args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
     for name, p in model.named_parameters():
         if p.dim() == 1:
             p.data.fill_(1.0)  # norms start as identity
+        elif getattr(args, "init_std", None):
+            p.data.normal_(0.0, args.init_std, generator=generator)
     model.tokenizer = tokenizer
     return model.train().requires_grad_(True)
 
@@ -95,6 +98,8 @@ def main(argv=None):
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--mlp", type=int, default=448)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--init-std", type=float, help="initialise every weight matrix N(0, std^2) "
+                        "(default: embeddings N(0, 1), linear layers N(0, 1/fan_in))")
     parser.add_argument("--gen-length", type=int, default=32)
     parser.add_argument("--block-length", type=int, default=8)
     parser.add_argument("--val-every", type=int, default=1000)

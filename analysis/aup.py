@@ -1,0 +1,74 @@
+"""AUP, accuracy under parallelism (d3LLM's definition), inside a declared comparison pool.
+
+    python -m analysis.aup SWEEP_FOLDER --pool baseline threshold learned
+
+Per (method, task): points (rho = tokens per forward, y = accuracy %) sorted by rho; points more than 5
+accuracy points below the first are dropped; with W(y) = min(1, exp(-3 (1 - y / y_max))) and y_max the best
+accuracy of the task inside the pool,
+    AUP = rho_1 y_1 + sum_i (rho_i - rho_{i-1}) (y_i W(y_i) + y_{i-1} W(y_{i-1})) / 2.
+AUP values are only comparable inside one pool, so the pool and its y_max are printed with every score.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .collect import collect
+
+DROP_POINTS = 5.0
+
+
+def aup(points: list[tuple[float, float]], y_max: float) -> float:
+    """AUP of one method's (tokens per forward, accuracy %) points."""
+    pts = sorted(points)
+    if not pts:
+        return float("nan")
+    first = pts[0][1]
+    pts = [(rho, y) for rho, y in pts if y >= first - DROP_POINTS]
+
+    def weighted(y):
+        return y * min(1.0, math.exp(-3 * (1 - y / y_max)))
+    score = pts[0][0] * pts[0][1]
+    for (rho0, y0), (rho1, y1) in zip(pts, pts[1:]):
+        score += (rho1 - rho0) * (weighted(y1) + weighted(y0)) / 2
+    return score
+
+
+def method_family(row) -> str:
+    """The method a point belongs to: its strategy and loop switches; the strategy's knob varies along it."""
+    name = row["strategy"] + (" +EoTP" if row["eotp"] else "")
+    return name + (f" +{row['cache']}" if row["cache"] != "none" else "")
+
+
+def aup_table(cells: pd.DataFrame, pool: list[str] | None = None) -> pd.DataFrame:
+    """AUP per (task, method) over the methods of `pool` (strategy names; None: every strategy present)."""
+    cells = cells.dropna(subset=["tpf", "accuracy"])
+    if pool:
+        cells = cells[cells.strategy.isin(pool)]
+    rows = []
+    for task, group in cells.groupby("task"):
+        y_max = group["accuracy"].max()
+        for method, pts in group.groupby(group.apply(method_family, axis=1)):
+            rows.append({"task": task, "method": method, "points": len(pts), "y_max": y_max,
+                         "aup": aup(list(zip(pts["tpf"], pts["accuracy"])), y_max)})
+    return pd.DataFrame(rows, columns=["task", "method", "points", "y_max", "aup"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--pool", nargs="+", help="strategies in the comparison pool (default: all present)")
+    args = parser.parse_args(argv)
+    got = collect(args.folders)
+    for problem in got.problems:
+        print(f"skipped: {problem}")
+    table = aup_table(got.cells, args.pool)
+    print(f"comparison pool: {', '.join(args.pool or sorted(got.cells.strategy.unique()))}")
+    print(table.to_markdown(index=False, floatfmt=".2f"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Collect sweep records into tidy DataFrames: one row per cell, and one row per sample.
+
+    python -m analysis.collect multirun/2026-11-25/quickstart [more folders] --out cells.csv
+
+A cell's record is `result.json` (written by the sweep), with its per-sample records in `samples.jsonl`
+beside it. The fields read (missing ones become NaN):
+
+    {"status": "complete" | "failed", "error": "...", "config_hash": "...",
+     "config": {"model": {"name": ...}, "task": {"name": ...},
+                "decoding": {"strategy", "threshold", "filter_threshold", "eotp", "cache",
+                             "gen_length", "block_length", ...}},
+     "metrics": {"accuracy": 0-1, "accuracy_stderr": 0-1},
+     "speed": {"nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped"},
+     "speedup": ..., "nfe_ratio": ..., "device": ..., "dtype": ..., "batch_size": ...}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+CELL_COLUMNS = ["model", "task", "strategy", "threshold", "filter_threshold", "eotp", "cache", "gen_length",
+                "block_length", "accuracy", "accuracy_stderr", "nfe", "tpf", "tokens_per_second", "latency_p50",
+                "latency_p90", "eotp_skipped", "speedup", "nfe_ratio", "device", "batch_size", "config_hash", "path"]
+
+
+@dataclass
+class Collected:
+    cells: pd.DataFrame
+    samples: pd.DataFrame
+    problems: list[str] = field(default_factory=list)  # records skipped, with the reason
+
+
+def cell_row(record: dict, path: Path) -> dict:
+    cfg, decoding = record.get("config", {}), record.get("config", {}).get("decoding", {})
+    metrics, speed = record.get("metrics", {}), record.get("speed", {})
+    strategy = decoding.get("strategy")
+    pct = (lambda v: None if v is None else 100 * v)
+    return {
+        "model": cfg.get("model", {}).get("name"), "task": cfg.get("task", {}).get("name"), "strategy": strategy,
+        # a knob only belongs to the strategy that reads it, so unrelated defaults do not split groups
+        "threshold": decoding.get("threshold") if strategy == "threshold" else None,
+        "filter_threshold": decoding.get("filter_threshold") if strategy == "learned" else None,
+        "eotp": bool(decoding.get("eotp", False)), "cache": decoding.get("cache", "none"),
+        "gen_length": decoding.get("gen_length"), "block_length": decoding.get("block_length"),
+        "accuracy": pct(metrics.get("accuracy")), "accuracy_stderr": pct(metrics.get("accuracy_stderr")),
+        **{k: speed.get(k) for k in ("nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90",
+                                      "eotp_skipped")},
+        "speedup": record.get("speedup"), "nfe_ratio": record.get("nfe_ratio"), "device": record.get("device"),
+        "batch_size": record.get("batch_size"), "config_hash": record.get("config_hash"), "path": str(path.parent),
+    }
+
+
+def collect(folders: list[str | Path]) -> Collected:
+    """Every `result.json` under `folders`; failed, unreadable or incomplete records are listed in
+    `problems` instead of being dropped silently."""
+    rows, samples, problems = [], [], []
+    for folder in map(Path, folders):
+        if not folder.exists():
+            problems.append(f"{folder}: no such folder")
+            continue
+        for path in sorted(folder.rglob("result.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                problems.append(f"{path}: unreadable ({err})")
+                continue
+            if record.get("status") != "complete":
+                problems.append(f"{path}: {record.get('status', 'incomplete')}"
+                                + (f" ({record['error']})" if record.get("error") else ""))
+                continue
+            row = cell_row(record, path)
+            missing = [k for k in ("task", "strategy", "accuracy") if row[k] is None]
+            if missing:
+                problems.append(f"{path}: incomplete record, missing {', '.join(missing)}")
+                continue
+            rows.append(row)
+            sample_file = path.with_name("samples.jsonl")
+            if sample_file.exists():
+                for line in sample_file.read_text().splitlines():
+                    if line.strip():
+                        samples.append({"config_hash": row["config_hash"], **json.loads(line)})
+    return Collected(pd.DataFrame(rows, columns=CELL_COLUMNS), pd.DataFrame(samples), problems)
+
+
+def method_label(row) -> str:
+    """A readable name for a cell's decoding setting: strategy, its knob, and the loop switches."""
+    name = row["strategy"]
+    if pd.notna(row.get("threshold")):
+        name += f" τ={row['threshold']:g}"
+    if pd.notna(row.get("filter_threshold")):
+        name += f" τf={row['filter_threshold']:g}"
+    if row.get("eotp"):
+        name += " +EoTP"
+    if row.get("cache", "none") not in ("none", None):
+        name += f" +{row['cache']}"
+    return name
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, help="write the cells as CSV (samples go to <out>.samples.csv)")
+    args = parser.parse_args(argv)
+    got = collect(args.folders)
+    for problem in got.problems:
+        print(f"skipped: {problem}")
+    print(f"{len(got.cells)} cells, {len(got.samples)} samples")
+    if args.out:
+        got.cells.to_csv(args.out, index=False)
+        got.samples.to_csv(args.out.with_suffix(".samples.csv"), index=False)
+    else:
+        print(got.cells.drop(columns=["path"]).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Analysis: collect, Pareto frontier, AUP, paper tables and plots, on records written here."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from analysis.aup import aup, aup_table
+from analysis.collect import collect
+from analysis.pareto import frontier_table, pareto_mask, plot_task
+from analysis.tables import FASTDLLM_TABLE1, LEARN2PD_TABLE1, render
+
+
+def write_cell(folder, name, strategy, accuracy, tps, speedup, tpf, eotp=False, cache="none", threshold=0.9,
+               task="perm", gen_length=32, status="complete", samples=2):
+    cell = folder / name
+    cell.mkdir(parents=True)
+    record = {"status": status, "config_hash": name,
+              "config": {"model": {"name": "tiny"}, "task": {"name": task},
+                         "decoding": {"strategy": strategy, "threshold": threshold, "filter_threshold": 0.96,
+                                      "eotp": eotp, "cache": cache, "gen_length": gen_length, "block_length": 8}},
+              "metrics": {"accuracy": accuracy / 100, "accuracy_stderr": 0.02},
+              "speed": {"nfe": 32 / tpf, "tpf": tpf, "tokens_per_second": tps, "latency_p50": 0.1,
+                        "latency_p90": 0.2, "eotp_skipped": 0},
+              "speedup": speedup, "nfe_ratio": tpf, "device": "cpu", "batch_size": 1}
+    if status == "failed":
+        record = {"status": "failed", "error": "CUDA out of memory", "config_hash": name}
+    (cell / "result.json").write_text(json.dumps(record))
+    (cell / "samples.jsonl").write_text("".join(json.dumps({"doc_id": i, "nfe": 4}) + "\n" for i in range(samples)))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    write_cell(tmp_path, "0", "baseline", 80, 10, 1.0, 1.0)
+    write_cell(tmp_path, "1", "threshold", 78, 30, 3.0, 3.0)
+    write_cell(tmp_path, "2", "threshold", 75, 50, 5.0, 5.0, threshold=0.5)
+    write_cell(tmp_path, "3", "learned", 79, 40, 4.0, 4.0)
+    write_cell(tmp_path, "4", "learned", 79, 80, 8.0, 6.0, eotp=True)
+    write_cell(tmp_path, "5", "baseline", 80, 20, 2.0, 1.0, eotp=True)
+    write_cell(tmp_path, "6", "baseline", 0, 0, 0, 1.0, status="failed")
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "result.json").write_text('{"status": "complete", "config": {}}')
+    return tmp_path
+
+
+def test_collect_reports_failed_and_incomplete_records(sweep):
+    got = collect([sweep])
+    assert len(got.cells) == 6 and len(got.samples) == 12
+    assert any("failed (CUDA out of memory)" in p for p in got.problems)
+    assert any("incomplete record" in p for p in got.problems)
+    row = got.cells.set_index("config_hash").loc["3"]
+    assert row.accuracy == pytest.approx(79) and math.isnan(row.threshold) and row.filter_threshold == 0.96
+
+
+def test_pareto_on_random_points():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x, y = rng.integers(0, 6, 30).astype(float), rng.integers(0, 6, 30).astype(float)
+        keep = pareto_mask(x, y)
+        for i in range(30):
+            dominated = np.any((x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i])))
+            assert keep[i] == (not dominated)
+
+
+def test_frontier_table_and_plots(sweep, tmp_path):
+    got = collect([sweep])
+    front = frontier_table(got.cells)
+    assert list(front.method) == ["learned τf=0.96 +EoTP", "baseline +EoTP"]  # baseline: dominated
+    paths = plot_task(got.cells, "perm", "speedup", tmp_path)
+    assert [p.suffix for p in paths] == [".png", ".pdf", ".svg"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_aup_by_hand():
+    w78 = math.exp(-3 * (1 - 78 / 80))
+    expected = 1 * 80 + (2 - 1) * (78 * w78 + 80) / 2
+    assert aup([(2, 78), (1, 80), (3, 70)], y_max=80) == pytest.approx(expected)  # (3, 70) is > 5 below: dropped
+    assert aup([(1, 80)], y_max=80) == 80
+    # the same points score lower against a stronger pool
+    w = lambda y: math.exp(-3 * (1 - y / 90))  # noqa: E731
+    assert aup([(1, 80), (2, 78)], y_max=90) == pytest.approx(80 + (78 * w(78) + 80 * w(80)) / 2)
+
+
+def test_aup_depends_on_the_declared_pool(sweep):
+    cells = collect([sweep]).cells
+    cells.loc[cells.config_hash == "3", "accuracy"] = 95.0
+    alone = aup_table(cells, pool=["baseline", "threshold"]).set_index("method")
+    pooled = aup_table(cells).set_index("method")
+    assert alone.loc["threshold", "y_max"] == 80 and pooled.loc["threshold", "y_max"] == 95
+    assert pooled.loc["threshold", "aup"] < alone.loc["threshold", "aup"]
+
+
+def test_tables_show_dashes_for_cells_not_run(sweep):
+    cells = collect([sweep]).cells
+    md = render(cells, LEARN2PD_TABLE1)
+    assert "| perm | 32 | 10.00 / 1.00× / **80.00** | 40.00 / 4.00× / 79.00 | 20.00 / 2.00× / **80.00** |" in md
+    assert "**80.00** / **8.00**× / 79.00" in md
+    fast = render(cells, FASTDLLM_TABLE1)
+    assert fast.count("–") == 2  # no prefix-cache runs
+    latex = render(cells, LEARN2PD_TABLE1, latex=True)
+    assert "\\toprule" in latex and "\\textbf{80.00}" in latex and "–" not in latex
