@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import collect
+from .collect import collect_and_report
 
 DROP_POINTS = 5.0
 
@@ -62,9 +62,7 @@ def main(argv=None):
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--pool", nargs="+", help="strategies in the comparison pool (default: all present)")
     args = parser.parse_args(argv)
-    got = collect(args.folders)
-    for problem in got.problems:
-        print(f"skipped: {problem}")
+    got = collect_and_report(args.folders)
     table = aup_table(got.cells, args.pool)
     print(f"comparison pool: {', '.join(args.pool or sorted(got.cells.strategy.unique()))}")
     print(table.to_markdown(index=False, floatfmt=".2f"))

@@ -86,6 +86,14 @@ def collect(folders: list[str | Path]) -> Collected:
     return Collected(pd.DataFrame(rows, columns=CELL_COLUMNS), pd.DataFrame(samples), problems)
 
 
+def collect_and_report(folders) -> Collected:
+    """`collect`, saying which records were skipped and why (for the command-line scripts)."""
+    got = collect(folders)
+    for problem in got.problems:
+        print(f"skipped: {problem}")
+    return got
+
+
 def method_label(row) -> str:
     """A readable name for a cell's decoding setting: strategy, its knob, and the loop switches."""
     name = row["strategy"]
@@ -105,9 +113,7 @@ def main(argv=None):
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, help="write the cells as CSV (samples go to <out>.samples.csv)")
     args = parser.parse_args(argv)
-    got = collect(args.folders)
-    for problem in got.problems:
-        print(f"skipped: {problem}")
+    got = collect_and_report(args.folders)
     print(f"{len(got.cells)} cells, {len(got.samples)} samples")
     if args.out:
         got.cells.to_csv(args.out, index=False)

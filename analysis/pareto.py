@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .collect import collect, method_label
+from .collect import collect_and_report, method_label
 
 MARKERS = {(False, "none"): "o", (True, "none"): "s", (False, "prefix"): "^", (True, "prefix"): "v",
            (False, "dual"): "D", (True, "dual"): "P"}
@@ -77,9 +77,7 @@ def main(argv=None):
     parser.add_argument("--x", choices=["speedup", "tpf"], default="speedup")
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args(argv)
-    got = collect(args.folders)
-    for problem in got.problems:
-        print(f"skipped: {problem}")
+    got = collect_and_report(args.folders)
     args.out.mkdir(parents=True, exist_ok=True)
     for task in sorted(got.cells.task.unique()):
         print("wrote", ", ".join(map(str, plot_task(got.cells, task, args.x, args.out))))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import collect
+from .collect import collect_and_report
 
 DASH = "–"
 
@@ -101,9 +101,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, help="markdown file (default: print)")
     parser.add_argument("--latex", type=Path, help="also write the LaTeX tables here")
     args = parser.parse_args(argv)
-    got = collect(args.folders)
-    for problem in got.problems:
-        print(f"skipped: {problem}")
+    got = collect_and_report(args.folders)
     markdown = "\n".join(render(got.cells, LAYOUTS[name]) for name in args.layouts)
     if args.out:
         args.out.write_text(markdown)

@@ -107,7 +107,8 @@ def main(argv=None):
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
+    parser.add_argument("--init", help="start from these weights (a LLaDA folder or 'tiny'), fresh optimizer")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -125,6 +126,9 @@ def main(argv=None):
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    if args.init:
+        from .models import load_model
+        model.load_state_dict(load_model(args.init).state_dict())
     state_file = args.out / "train_state.pt"
     step, elapsed, history = 0, 0.0, []
     if args.resume and state_file.exists():
