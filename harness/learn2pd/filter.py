@@ -82,8 +82,9 @@ def save_filter(model: Filter, path: str | Path, **extra) -> Path:
 
 
 def load_filter(path: str | Path, device="cpu") -> Filter:
-    """Load a filter saved by this package (.safetensors) or a released Learn2PD state dict (.pth/.pt)."""
-    path = Path(path)
+    """Load a filter saved by this package (.safetensors), a released Learn2PD state dict (.pth/.pt), or a
+    shipped filter by name ("tiny")."""
+    path = resolve_filter(path)
     if not path.exists():
         raise FileNotFoundError(f"filter file not found: {path}")
     if path.suffix == ".safetensors":

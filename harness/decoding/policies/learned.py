@@ -10,8 +10,8 @@ class Learned(Policy):
 
     def __init__(self, config):
         super().__init__(config)
-        from ...learn2pd.filter import load_filter, resolve_filter
-        self.filter = load_filter(resolve_filter(config.filter_path))
+        from ...learn2pd.filter import load_filter
+        self.filter = load_filter(config.filter_path)
         if self.filter.block_length != config.block_length:
             raise ConfigError(f"filter {config.filter_path} was trained for block_length "
                               f"{self.filter.block_length}, not {config.block_length}")
