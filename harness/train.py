@@ -43,8 +43,10 @@ def make_model(args, tokenizer):
     return model.train().requires_grad_(True)
 
 
-def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Random):
-    """Endless (input_ids, key mask, answer-region mask) batches mixing the tasks evenly."""
+def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Random, vary_padding=False):
+    """Endless (input_ids, key mask, answer-region length) batches mixing the tasks evenly. With
+    `vary_padding` each batch's answer region ends at a random length between its longest answer + EOS and
+    gen_length, so canvases cut short by EoTP are in distribution."""
     names = sorted(streams)
     eos = tokenizer.eos_token_id
     while True:
@@ -53,7 +55,8 @@ def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Ra
         answers = tokenizer([p.answer for p in problems], add_special_tokens=False).input_ids
         if max(map(len, answers)) >= gen_length:
             raise ValueError(f"an answer of {max(map(len, answers))} tokens does not fit gen_length {gen_length}")
-        gen = torch.tensor([a + [eos] * (gen_length - len(a)) for a in answers])
+        length = rng.randint(max(map(len, answers)) + 1, gen_length) if vary_padding else gen_length
+        gen = torch.tensor([a + [eos] * (length - len(a)) for a in answers])
         yield torch.cat([ids, gen], 1), torch.cat([key_mask, torch.ones_like(gen)], 1), gen.shape[1]
 
 
@@ -106,6 +109,8 @@ def main(argv=None):
     parser.add_argument("--val-problems", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--vary-padding", action="store_true",
+                        help="end each batch's answer region at a random length (EoTP-robust models)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     parser.add_argument("--init", help="start from these weights (a LLaDA folder or 'tiny'), fresh optimizer")
@@ -144,7 +149,8 @@ def main(argv=None):
                for name in args.tasks}
     val = {name: [vars(p) for p in s["validation"][:args.val_problems]] for name, s in splits.items()}
     val_config = DecodeConfig(gen_length=args.gen_length, block_length=args.block_length)
-    data = batches(tokenizer, streams, args.batch_size, args.gen_length, random.Random(args.seed + step))
+    data = batches(tokenizer, streams, args.batch_size, args.gen_length, random.Random(args.seed + step),
+                   args.vary_padding)
     generator = torch.Generator().manual_seed(args.seed + step)
 
     def save():

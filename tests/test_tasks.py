@@ -96,3 +96,16 @@ def test_sft_loss_falls_on_a_micro_model():
         optimizer.step()
     after = sft_loss(model, ids, key_mask, gen_length, torch.Generator().manual_seed(1)).item()
     assert after < 0.7 * before
+
+
+def test_vary_padding_ends_answer_regions_at_random_lengths():
+    tokenizer = build_tokenizer(vocabulary())
+    streams = {name: training_stream(task, set(), seed=0) for name, task in TASKS.items()}
+    data = batches(tokenizer, streams, batch_size=8, gen_length=32, rng=random.Random(0), vary_padding=True)
+    lengths = set()
+    for _ in range(20):
+        ids, _, gen_length = next(data)
+        region = ids[:, -gen_length:]
+        assert (region[:, -1] == tokenizer.eos_token_id).all() and gen_length <= 32  # every answer ends in EOS
+        lengths.add(gen_length)
+    assert len(lengths) > 3
