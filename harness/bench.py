@@ -9,14 +9,13 @@ to the baseline's: the point is the cost of the machinery, not decoding quality.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
 from .decoding import DecodeConfig, generate
 from .models import KVCache, LLaDAConfig, random_llada
-from .models.metered import Metered, synchronize
+from .models.metered import Metered, synchronize, time_forward
 
 PRESETS = {
     "small": dict(d_model=512, n_heads=8, n_layers=8, mlp_hidden_size=1536, vocab_size=32768),
@@ -32,18 +31,6 @@ RUNS = [  # (label, settings)
     ("entropy_bounded 0.1", dict(strategy="entropy_bounded", gamma=0.1)),
     ("oracle", dict(strategy="oracle")),
 ]
-
-
-def time_forward(model, run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        synchronize(model.device)
-        start = time.perf_counter()
-        run()
-        synchronize(model.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """A model wrapper that counts forward passes and the time spent in them."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -9,6 +10,19 @@ import torch
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_forward(model, run, repeats: int) -> float:
+    """Median seconds of `run()` over `repeats` calls after one warm-up, CUDA synchronised around each."""
+    run()
+    times = []
+    for _ in range(repeats):
+        synchronize(model.device)
+        start = time.perf_counter()
+        run()
+        synchronize(model.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 class Metered(torch.nn.Module):

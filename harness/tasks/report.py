@@ -6,7 +6,6 @@ with the embedded default's quality bars checked against them.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import torch
 
 from ..decoding import DecodeConfig
 from ..models import load_model
+from ..models.metered import time_forward
 from .evaluate import evaluate_task, left_pad
 from .synthetic import TASKS, held_out
 
@@ -74,13 +74,8 @@ def print_tables(cells: dict, rows, variants, tasks) -> None:
 def forward_ms(model, prompt: str) -> float:
     ids, _ = left_pad(model.tokenizer, [prompt])
     canvas = torch.cat([ids, torch.full((1, GEN_LENGTH), model.mask_token_id)], 1)
-    times = []
     with torch.no_grad():
-        for _ in range(30):
-            start = time.perf_counter()
-            model(canvas)
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times[5:])
+        return 1e3 * time_forward(model, lambda: model(canvas), repeats=30)
 
 
 def best_threshold_nfe(cells, task, eotp, cache, baseline_accuracy, within=1.0) -> float:
