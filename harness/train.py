@@ -43,11 +43,13 @@ def make_model(args, tokenizer):
     return model.train().requires_grad_(True)
 
 
-def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Random, vary_padding=False):
-    """Endless (input_ids, key mask, answer-region length) batches mixing the tasks evenly. With
+def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Random, vary_padding=False,
+            mixture=None):
+    """Endless (input_ids, key mask, answer-region length) batches drawing each problem's task from
+    `mixture` (task names; a name listed twice is drawn twice as often; default: every task once). With
     `vary_padding` each batch's answer region ends at a random length between its longest answer + EOS and
     gen_length, so canvases cut short by EoTP are in distribution."""
-    names = sorted(streams)
+    names = sorted(mixture or streams)
     eos = tokenizer.eos_token_id
     while True:
         problems = [next(streams[rng.choice(names)]) for _ in range(batch_size)]
@@ -111,7 +113,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vary-padding", action="store_true",
                         help="end each batch's answer region at a random length (EoTP-robust models)")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
+                        help="training mixture; a task named twice is drawn twice as often")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     parser.add_argument("--init", help="start from these weights (a LLaDA folder or 'tiny'), fresh optimizer")
     args = parser.parse_args(argv)
@@ -143,14 +146,14 @@ def main(argv=None):
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
     args.out.mkdir(parents=True, exist_ok=True)
 
-    splits = {name: held_out(TASKS[name]) for name in args.tasks}
+    splits = {name: held_out(TASKS[name]) for name in dict.fromkeys(args.tasks)}
     exclude = {name: {p.prompt for ps in s.values() for p in ps} for name, s in splits.items()}
     streams = {name: training_stream(TASKS[name], exclude[name], seed=args.seed * 1_000_003 + step)
-               for name in args.tasks}
+               for name in splits}
     val = {name: [vars(p) for p in s["validation"][:args.val_problems]] for name, s in splits.items()}
     val_config = DecodeConfig(gen_length=args.gen_length, block_length=args.block_length)
     data = batches(tokenizer, streams, args.batch_size, args.gen_length, random.Random(args.seed + step),
-                   args.vary_padding)
+                   args.vary_padding, args.tasks)
     generator = torch.Generator().manual_seed(args.seed + step)
 
     def save():

@@ -9,6 +9,7 @@ from harness.models import load_model
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DLLM_SHARED", REPO.parent / "shared"))
 FIXTURE = SHARED / "fixtures" / "llada_tiny"
+DATA = SHARED / "data"  # real GSM8K / MATH / HumanEval / MBPP copies (read by path, never copied)
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +18,12 @@ def tiny():
     if not FIXTURE.exists():
         pytest.fail(f"golden fixture not found at {FIXTURE} (set DLLM_SHARED to the shared/ folder)")
     return load_model(FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded default: the shipped tiny LLaDA trained on the synthetic tasks."""
+    return load_model("tiny")
 
 
 @pytest.fixture(scope="session")

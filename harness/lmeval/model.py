@@ -1,0 +1,271 @@
+"""`dllm`: a diffusion LM as an lm-evaluation-harness model, with per-request speed statistics.
+
+lm-eval's `generate_until` contract returns strings only, so the statistics of each request (NFE, tokens
+per forward, counted tokens, wall time, padding skipped by EoTP) are kept in `DLLM.stats`, keyed by
+(task, doc_id), and merged into lm-eval's results by `attach_speed` (done by `harness.lmeval.evaluate`).
+
+    lm = DLLM("tiny", strategy="threshold", threshold=0.9, block_length=8)
+    results = lm_eval.simple_evaluate(model=lm, tasks=[...], log_samples=True)
+    lm.attach_speed(results)
+or by name, once `harness.lmeval` is imported: simple_evaluate(model="dllm", model_args="model=tiny,eotp=True").
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from ..decoding import ConfigError, DecodeConfig, generate
+from ..models import load_model
+from ..models.metered import synchronize
+
+DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeConfig)}
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default when a task sets no max_gen_toks
+
+
+def cut_at_stop(text: str, until: list[str]) -> str:
+    """The text before the first occurrence of any stop string (lm-eval leaves this to the model)."""
+    for stop in until:
+        if stop:
+            text = text.split(stop, 1)[0]
+    return text
+
+
+def counted_tokens(tokenizer, text: str, eos_id: int) -> int:
+    """Generated tokens counted the Fast-dLLM / Learn2PD way: the stop-truncated answer re-tokenized,
+    EOS excluded."""
+    return sum(t != eos_id for t in tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+@register_model("dllm")
+class DLLM(LM):
+    """Any model `load_model` reads (a LLaDA folder, "tiny", an AutoModelForMaskedLM folder) or an already
+    loaded one, decoded by the harness engine. Decoding settings are `DecodeConfig` fields, given as a
+    `decoding` object or as flat keyword arguments (lm-eval's `model_args`). An explicit `gen_length` is the
+    generation length of every request; without one, each request's `max_gen_toks` (lm-eval's default 256)
+    rounded up to a multiple of `block_length`."""
+
+    def __init__(self, model="tiny", decoding: DecodeConfig | dict | None = None, *, batch_size=1,
+                 chat_template: bool | None = None, raw_prompt_tasks=("humaneval",), warmup: int = 1,
+                 mc_num: int = 128, mc_batch_size: int = 32, dtype: str | None = None, device: str | None = None,
+                 shift_logits: bool = False, trust_remote_code: bool = False, max_batch_size=None,
+                 **decoding_fields):
+        super().__init__()
+        unknown = set(decoding_fields) - DECODE_FIELDS
+        if unknown:
+            raise ConfigError(f"unknown dllm argument(s) {sorted(unknown)}; decoding fields: {sorted(DECODE_FIELDS)}")
+        if isinstance(decoding, DecodeConfig):
+            decoding = dataclasses.asdict(decoding)
+        fields = {**(decoding or {}), **decoding_fields}
+        self.fixed_gen_length = fields.get("gen_length")
+        # validated now (before any weights load); gen_length is set per request when not fixed
+        self.decoding = DecodeConfig(**{**fields, "gen_length": fields.get("gen_length") or
+                                        fields.get("block_length", DecodeConfig.block_length)})
+        if str(batch_size).startswith("auto"):
+            raise ConfigError("batch_size=auto is not supported by dllm; give an integer")
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1 or warmup < 0 or mc_num < 1 or mc_batch_size < 1:
+            raise ConfigError("batch_size, mc_num and mc_batch_size must be >= 1 and warmup >= 0")
+        if isinstance(model, str):
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            dtype = getattr(torch, dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+            model = load_model(model, dtype=dtype, device=device, shift_logits=shift_logits,
+                               trust_remote_code=trust_remote_code)
+        self.model, self.tokenizer = model, model.tokenizer
+        self.chat_template = (getattr(self.tokenizer, "chat_template", None) is not None
+                              if chat_template is None else bool(chat_template))
+        self.raw_prompt_tasks = set([raw_prompt_tasks] if isinstance(raw_prompt_tasks, str) else raw_prompt_tasks)
+        self.warmup, self.mc_num, self.mc_batch_size = warmup, mc_num, mc_batch_size
+        self.stats: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        self.batch_seconds: dict[str, float] = defaultdict(float)  # per task, for tokens per second
+        self._warmed_up = False
+
+    # ---------------------------------------------------------------- lm-eval interface
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tokenizer, "name_or_path", "dllm").replace("/", "__")
+
+    def prompt(self, context: str, task: str | None) -> str:
+        if not self.chat_template or task in self.raw_prompt_tasks:
+            return context
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": context}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def config_for(self, gen_kwargs: dict) -> DecodeConfig:
+        config = self.decoding
+        if not self.fixed_gen_length:
+            block = self.decoding.block_length
+            wanted = int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+            config = dataclasses.replace(self.decoding, gen_length=block * math.ceil(wanted / block))
+        if config.gen_length >= self.model.max_length:
+            raise ConfigError(f"gen_length {config.gen_length} leaves no room for a prompt in the model's "
+                              f"max length {self.model.max_length}")
+        return config
+
+    def encode(self, prompts: list[str], gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids; prompts longer than the model allows keep their last tokens (as lm-eval's
+        HF models do)."""
+        room = self.model.max_length - gen_length
+        rows = [ids[-room:] for ids in self.tokenizer(prompts).input_ids]
+        width, pad = max(map(len, rows)), self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        return ids, mask
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Decode every request; batches share generation settings and are formed by prompt length."""
+        groups = defaultdict(list)
+        for i, request in enumerate(requests):
+            groups[repr(sorted(request.args[1].items()))].append(i)
+        outputs: list[str | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc="dllm generate", disable=disable_tqdm)
+        for indices in groups.values():
+            gen_kwargs = requests[indices[0]].args[1]
+            config = self.config_for(gen_kwargs)
+            until = gen_kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            prompts = {i: self.prompt(requests[i].args[0], requests[i].task_name) for i in indices}
+            order = sorted(indices, key=lambda i: -len(self.tokenizer(prompts[i]).input_ids))
+            if not self._warmed_up:
+                self._warm_up([prompts[order[0]]], config)
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                for i, (text, stats) in zip(chunk, self._decode([prompts[i] for i in chunk], config, until)):
+                    outputs[i] = text
+                    request = requests[i]
+                    self.stats[request.task_name, request.doc_id].append(stats)
+                    self.batch_seconds[request.task_name] += stats["batch_seconds"] / len(chunk)
+                bar.update(len(chunk))
+        bar.close()
+        return outputs
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """LLaDA's Monte-Carlo estimate of log p(continuation | context). The greedy flag is not computed
+        (LLaDA recommends skipping its check) and is always False."""
+        results = []
+        for request in tqdm(requests, desc="dllm loglikelihood", disable=disable_tqdm):
+            context, continuation = request.args
+            context_ids, target_ids = self._encode_pair(context, continuation)
+            results.append((self._mc_loglikelihood(context_ids, target_ids), False))
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("dllm does not estimate rolling (perplexity) log-likelihoods; use "
+                                  "generate_until, loglikelihood or multiple_choice tasks")
+
+    # ---------------------------------------------------------------- decoding and statistics
+    def _warm_up(self, prompts: list[str], config: DecodeConfig) -> None:
+        for _ in range(self.warmup):
+            ids, mask = self.encode(prompts, config.gen_length)
+            with torch.no_grad():
+                generate(self.model, ids, config, attention_mask=mask)
+        self._warmed_up = True
+
+    @torch.no_grad()
+    def _decode(self, prompts: list[str], config: DecodeConfig, until: list[str]):
+        ids, mask = self.encode(prompts, config.gen_length)
+        synchronize(self.device)
+        start = time.perf_counter()
+        out = generate(self.model, ids, config, attention_mask=mask)
+        synchronize(self.device)
+        seconds = time.perf_counter() - start
+        eos = self.model.eos_token_id
+        for row, tokens in enumerate(out.tokens.tolist()):
+            end = tokens.index(eos) if eos in tokens else len(tokens)
+            raw_text = self.tokenizer.decode(tokens[:end], skip_special_tokens=False)
+            text = cut_at_stop(raw_text, until)
+            counted = counted_tokens(self.tokenizer, text, eos)
+            nfe = int(out.nfe[row])
+            yield self.tokenizer.decode(self.tokenizer(text, add_special_tokens=False).input_ids,
+                                        skip_special_tokens=True), {
+                "nfe": nfe, "tokens": counted, "raw_tokens": sum(t != eos for t in tokens),
+                "tpf": counted / max(nfe, 1), "seconds": float(out.wall_time[row]), "batch_seconds": seconds,
+                "eotp_skipped": int(out.eotp_skipped[row]), "gen_length": config.gen_length,
+                "steps_per_block": out.steps_per_block[row].tolist(),
+            }
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of context and continuation; the context's trailing spaces move to the continuation."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self.tokenizer(context + continuation, add_special_tokens=False).input_ids
+        context_ids = self.tokenizer(context, add_special_tokens=False).input_ids
+        return context_ids, whole[len(context_ids):]
+
+    @torch.no_grad()
+    def _mc_loglikelihood(self, context_ids: list[int], target_ids: list[int]) -> float:
+        """-E[loss]: rows mask m_j of the L target positions (stratified around a random k), the prompt
+        never; masked cross-entropy is weighted by L / m_j (the masked fraction's inverse)."""
+        L, b = len(target_ids), self.mc_batch_size
+        seq = torch.tensor(context_ids + target_ids, device=self.device).repeat(b, 1)
+        generator = torch.Generator().manual_seed(self.decoding.seed)
+        losses = []
+        for _ in range(max(1, self.mc_num // b)):
+            k = int(torch.randint(1, L + 1, (1,), generator=generator))
+            counts = torch.tensor([((round(k + j * L / b) - 1) % L) + 1 for j in range(b)])
+            order = torch.rand(b, L, generator=generator).argsort(-1)
+            masked = torch.zeros(b, seq.shape[1], dtype=torch.bool)
+            masked[:, len(context_ids):] = order < counts[:, None]
+            masked = masked.to(self.device)
+            noised = seq.masked_fill(masked, self.model.mask_token_id)
+            logits = self.model(noised).float()
+            ce = torch.nn.functional.cross_entropy(logits[masked], seq[masked], reduction="none")
+            weight = (L / counts.to(self.device).float()).repeat_interleave(counts.to(self.device))
+            losses.append((ce * weight).sum().item() / b)
+        return -statistics.fmean(losses)
+
+    # ---------------------------------------------------------------- results
+    def protocol(self) -> dict:
+        """How speed was measured, recorded with the results."""
+        device = self.device
+        return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+                else "cpu", "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                "batch_size": self.batch_size, "warmup": self.warmup, "repeats": 1, "threads": torch.get_num_threads(),
+                "torch": torch.__version__, "decoding": dataclasses.asdict(self.decoding) |
+                {"gen_length": self.fixed_gen_length or "max_gen_toks"}}
+
+    def speed(self, task: str) -> dict:
+        """Aggregate speed of one task's generate_until requests."""
+        stats = [s for (t, _), ss in self.stats.items() if t == task for s in ss]
+        if not stats:
+            return {}
+        tokens, nfe, seconds = (sum(s[k] for s in stats) for k in ("tokens", "nfe", "seconds"))
+        latencies = [s["seconds"] for s in stats]
+        return {"nfe": nfe / len(stats), "tpf": tokens / max(nfe, 1), "tokens": tokens / len(stats),
+                "raw_tokens": sum(s["raw_tokens"] for s in stats) / len(stats),
+                "tokens_per_second": tokens / max(self.batch_seconds[task], 1e-12),
+                "latency_mean": seconds / len(stats), "latency_p50": percentile(latencies, 50),
+                "latency_p90": percentile(latencies, 90),
+                "eotp_skipped": sum(s["eotp_skipped"] for s in stats) / len(stats), "samples": len(stats)}
+
+    def attach_speed(self, results: dict) -> dict:
+        """Merge the per-request statistics into lm-eval's sample records and aggregate metrics."""
+        for task, samples in (results.get("samples") or {}).items():
+            for sample in samples:
+                stats = self.stats.get((task, sample["doc_id"]))
+                if stats:
+                    sample.update({k: v for k, v in stats[0].items() if k != "batch_seconds"})
+                    if len(stats) > 1:
+                        sample["repeats_speed"] = stats
+        results["speed"] = {task: self.speed(task) for task in results.get("results", {})}
+        for task, speed in results["speed"].items():
+            results["results"][task].update({f"{k},none": v for k, v in speed.items() if k != "samples"})
+        results["speed_protocol"] = self.protocol()
+        return results

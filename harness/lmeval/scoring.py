@@ -1,0 +1,316 @@
+"""Offline scorers for benchmark tasks, written as lm-eval metric / process_results functions.
+
+Two families:
+
+* MATH (Minerva prompting). lm-eval's ``minerva_math`` scorer needs ``lm-eval[math]``, whose antlr
+  pin breaks Hydra, so answers are compared here by string after a Minerva/Hendrycks-style
+  normalisation (plus plain numeric equality), with no sympy. The model's answer is the text of the
+  "Final Answer: The final answer is X. I hope it is correct." line the 4-shot prompt teaches, falling
+  back to the last ``\\boxed{}``.
+
+* Code execution (HumanEval, MBPP; pass@1). lm-eval's metrics load HF ``code_eval`` from the hub, which
+  is unavailable offline. Each program (candidate + tests) runs in its own isolated Python subprocess
+  in a throw-away directory, with a timeout that kills its whole process group; generated code is never
+  executed in this process. Like ``code_eval``, running anything requires an explicit opt-in
+  (``HF_ALLOW_CODE_EVAL=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from typing import Any, Sequence
+
+__all__ = [
+    "last_boxed",
+    "extract_math_answer",
+    "normalize_math_answer",
+    "math_equal",
+    "process_math_results",
+    "CodeExecutionNotAllowed",
+    "require_code_opt_in",
+    "run_program",
+    "run_programs",
+    "pass_at_1",
+    "humaneval_program",
+    "mbpp_program",
+]
+
+# --------------------------------------------------------------------------------------------------
+# MATH
+# --------------------------------------------------------------------------------------------------
+
+_FINAL_ANSWER = "Final Answer: The final answer is"
+_HOPE = "I hope it is correct"
+
+
+def _balanced_group(text: str, start: int) -> str | None:
+    """Content of the brace group opening at ``text[start] == "{"`` (None when it never closes)."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i]
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` / ``\\boxed 5`` in ``text``, or None."""
+    match = None
+    for match in re.finditer(r"\\(?:boxed|fbox)(?![a-zA-Z])", text):
+        pass
+    if match is None:
+        return None
+    rest = text[match.end() :]
+    stripped = rest.lstrip()
+    if stripped.startswith("{"):
+        return _balanced_group(text, match.end() + len(rest) - len(stripped))
+    if rest[:1].isspace() and stripped:
+        # "\boxed 5": the argument runs to the end of the math (a "$") or of the line.
+        return re.split(r"[$\n]", stripped, maxsplit=1)[0].strip()
+    return None
+
+
+def extract_math_answer(output: str) -> str:
+    """The answer a model wrote: its Minerva "Final Answer" line, else its last box, else ""."""
+    at = output.find(_FINAL_ANSWER)
+    if at >= 0:
+        rest = output[at + len(_FINAL_ANSWER) :]
+        end = rest.find(_HOPE)
+        # A generation cut by a stop sequence may lack the closing sentence: stop at the line end.
+        answer = rest[:end] if end >= 0 else rest.split("\n", 1)[0]
+        answer = answer.strip().rstrip(".").strip()
+        if answer.startswith("$") and answer.endswith("$") and len(answer) > 1:
+            answer = answer.strip("$").strip()
+        if answer:
+            return answer
+    boxed = last_boxed(output)
+    return boxed.strip() if boxed is not None else ""
+
+
+# Literal substitutions applied before spaces are dropped (order matters: "\dfrac" before "\frac" rules).
+_SUBSTITUTIONS: list[tuple[str, str]] = [
+    ("\\dfrac", "\\frac"),
+    ("\\tfrac", "\\frac"),
+    ("\\left", ""),
+    ("\\right", ""),
+    ("\\displaystyle", ""),
+    ("\\!", ""),
+    ("\\,", ""),
+    ("\\;", ""),
+    ("\\:", ""),
+    ("~", " "),
+    ("{,}", ""),
+    ("^{\\circ}", ""),
+    ("^\\circ", ""),
+    ("\\%", ""),
+    ("%", ""),
+    ("\\$", ""),
+    ("$", ""),
+    ("\\mbox", "\\text"),
+    ("\\textnormal", "\\text"),
+    ("\\textbf", "\\text"),
+    ("\\mathrm", "\\text"),
+    ("\\neq", "\\ne"),
+    ("\\leq", "\\le"),
+    ("\\geq", "\\ge"),
+]
+
+# Unit words a model may append to a number without ``\text{}`` ("10 cm", "5 degrees").
+_UNIT_WORDS = (
+    "degrees?|cm|mm|km|meters?|inch(?:es)?|feet|foot|ft|units?|square units|sq units|dollars?|cents?"
+    "|hours?|minutes?|seconds?|days?|mph|pounds?|grams?|gm|kg|miles?|ways|points|students|people"
+)
+_TRAILING_TEXT = re.compile(r"^(.*\S)\s*\\text\{\s*[a-zA-Z][a-zA-Z .]*\}(\^\{?\d\}?)?$")
+_TRAILING_UNIT = re.compile(rf"^(.*[\d}}])\s*(?:{_UNIT_WORDS})(\^\{{?\d\}}?)?$")
+# A single symbol being assigned or constrained: "x = 5", "k=2", "\theta = 30", "x \in [1,2]", "a_1 = 3".
+_ASSIGNMENT = re.compile(r"^\s*\\?[a-zA-Z]+(?:_\{?\w+\}?)?\s*(?:=|\\in(?![a-zA-Z]))(?!.*=)(.+)$", re.S)
+# Only a whole-answer number: inside a tuple "(0,100)" the comma separates coordinates.
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def normalize_math_answer(answer: str) -> str:
+    """Canonical string for an answer, so that notational variants of one value compare equal."""
+    s = re.sub(r"(?<!\\)\\ ", " ", answer).strip()  # "\ " is a space, but "\\ " is a matrix row end
+    if last_boxed(s) is not None and re.fullmatch(r"\$?\\(?:boxed|fbox).*", s, re.S):
+        s = last_boxed(s) or ""
+    for old, new in _SUBSTITUTIONS:
+        s = s.replace(old, new)
+    s = s.strip().rstrip(".").strip()
+
+    m = _ASSIGNMENT.match(s)
+    # Only a short left side counts as a variable name: "\frac{a}{b} = 3" is not an assignment.
+    if m and len(s[: m.start(1)].split("=")[0].strip()) <= 8:
+        s = m.group(1).strip()
+
+    # Units: "10\text{ cm}^2" -> "10", then "\text{Evelyn}" -> "Evelyn", then bare unit words.
+    m = _TRAILING_TEXT.match(s)
+    if m:
+        s = m.group(1)
+    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
+    m = _TRAILING_UNIT.match(s.strip())
+    if m:
+        s = m.group(1)
+
+    s = re.sub(r"\s+", "", s).rstrip(".")
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+
+    # Shorthand TeX: \frac12 -> \frac{1}{2}, \frac1{2} / \frac{1}2 likewise, \sqrt2 -> \sqrt{2}.
+    s = re.sub(r"\\frac([^{\\])", r"\\frac{\1}", s)
+    s = re.sub(r"\\frac(\{[^{}]*\})([^{\\])", r"\\frac\1{\2}", s)
+    s = re.sub(r"\\sqrt([^{\[\\])", r"\\sqrt{\1}", s)
+    s = re.sub(r"([\^_])\{(\w)\}", r"\1\2", s)  # x^{2} -> x^2
+
+    # Numbers: ".5" -> "0.5", "1/2" -> "\frac{1}{2}", "2.50" -> "2.5".
+    s = re.sub(r"(^|[^\d}])\.(\d)", r"\g<1>0.\2", s)
+    s = re.sub(r"^(-?)(\d+)/(\d+)$", r"\1\\frac{\2}{\3}", s)
+    if re.fullmatch(r"-?\d+\.\d+", s):
+        s = s.rstrip("0").rstrip(".")
+    return s
+
+
+def _as_number(s: str) -> Fraction | None:
+    """Exact value of a normalised plain number or integer fraction (None for anything else).
+
+    Exact, not float: a relative tolerance would equate large integers such as 11111111100 and 11111111101.
+    """
+    m = re.fullmatch(r"(-?)\\frac\{(\d+)\}\{(\d+)\}", s)
+    if m:
+        return None if int(m.group(3)) == 0 else Fraction(int(m.group(1) + m.group(2)), int(m.group(3)))
+    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?", s):
+        return Fraction(s)
+    return None
+
+
+def math_equal(pred: str, gold: str) -> bool:
+    """Whether two answers agree after normalisation, or as numbers (so "0.5" == "\\frac{1}{2}")."""
+    a, b = normalize_math_answer(pred), normalize_math_answer(gold)
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    x, y = _as_number(a), _as_number(b)
+    return x is not None and x == y
+
+
+def process_math_results(doc: dict[str, Any], results: Sequence[str]) -> dict[str, int]:
+    """lm-eval ``process_results``: exact match of the generation's answer against the gold."""
+    gold = doc.get("answer")
+    if gold is None:
+        gold = last_boxed(doc["solution"]) or ""
+    return {"exact_match": int(math_equal(extract_math_answer(results[0]), gold))}
+
+
+# --------------------------------------------------------------------------------------------------
+# Code execution
+# --------------------------------------------------------------------------------------------------
+
+_OPT_IN_VAR = "HF_ALLOW_CODE_EVAL"
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+class CodeExecutionNotAllowed(RuntimeError):
+    """Raised when generated code would run without the user's explicit opt-in."""
+
+
+def require_code_opt_in() -> None:
+    """Refuse to run untrusted model output unless the user asked for it (same switch as HF code_eval)."""
+    if os.environ.get(_OPT_IN_VAR) != "1":
+        raise CodeExecutionNotAllowed(
+            "running generated code needs an explicit opt-in: set HF_ALLOW_CODE_EVAL=1 and pass "
+            "confirm_run_unsafe_code=True (harness: unsafe_code=true)"
+        )
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_program(program: str, timeout: float = 10.0) -> tuple[bool, str]:
+    """Run ``program`` in an isolated interpreter; (passed, "passed" | "failed: <why>" | "timed out").
+
+    The process gets its own session so that a timeout (or leftovers after it exits) can be killed
+    together with anything it spawned.
+    """
+    with tempfile.TemporaryDirectory(prefix="harness_code_") as workdir:
+        path = os.path.join(workdir, "program.py")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(program)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", path],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.wait()  # not communicate(): a grandchild that escaped the group may hold the pipes
+            return False, "timed out"
+        finally:
+            _kill_group(proc.pid)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+    if proc.returncode == 0:
+        return True, "passed"
+    lines = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
+    return False, "failed: " + (lines[-1].strip() if lines else f"exit code {proc.returncode}")
+
+
+def run_programs(programs: Sequence[str], timeout: float = 10.0) -> list[tuple[bool, str]]:
+    """``run_program`` over many programs, a few at a time (each still in its own subprocess)."""
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        return list(pool.map(lambda p: run_program(p, timeout), programs))
+
+
+def pass_at_1(
+    references: Sequence[str] | str,
+    predictions: Sequence[Sequence[str]] | Sequence[str] | str,
+    timeout: float = 10.0,
+) -> float:
+    """lm-eval metric: mean over problems of the fraction of candidates passing ``candidate + tests``."""
+    require_code_opt_in()
+    refs = [references] if isinstance(references, str) else list(references)
+    preds = [predictions] if isinstance(predictions, str) else list(predictions)
+    candidates = [[p] if isinstance(p, str) else list(p) for p in preds]
+    if len(refs) != len(candidates):
+        raise ValueError(f"{len(refs)} references but {len(candidates)} predictions")
+    if not refs:
+        return 0.0
+    jobs = [(i, cand + "\n" + ref) for i, (ref, cands) in enumerate(zip(refs, candidates)) for cand in cands]
+    outcomes = run_programs([program for _, program in jobs], timeout)
+    passed = [0] * len(refs)
+    for (i, _), (ok, _) in zip(jobs, outcomes):
+        passed[i] += ok
+    return sum(p / len(c) for p, c in zip(passed, candidates) if c) / len(refs)
+
+
+def humaneval_program(doc: dict[str, Any], completion: str) -> str:
+    """HumanEval's check program: prompt + completion, then its tests run on the entry point."""
+    return doc["prompt"] + completion + "\n" + doc["test"] + f"\ncheck({doc['entry_point']})"
+
+
+def mbpp_program(doc: dict[str, Any], code: str) -> str:
+    """MBPP's check program: the candidate, the task's setup code, then its asserts.
+
+    The setup goes after the candidate because it may use the candidate's names (task 367 builds
+    trees from the solution's own ``Node`` class).
+    """
+    return "\n".join([code, doc.get("test_setup_code") or "", *doc["test_list"]]) + "\n"

@@ -1,0 +1,151 @@
+"""lm-eval integration: the `dllm` model through real lm-eval on the embedded default, real task configs on
+the shared benchmark copies, and the one-line errors raised before any model loads."""
+import lm_eval
+import pytest
+from lm_eval.api.instance import Instance
+from lm_eval.tasks import TaskManager
+
+import harness.lmeval.model as dllm_module
+from harness.decoding import ConfigError
+from harness.lmeval import DLLM, TaskError, build_tasks, counted_tokens, cut_at_stop, evaluate, task_config
+from harness.tasks.synthetic import TASKS
+
+from .conftest import DATA
+
+SPEED_KEYS = ("nfe", "tpf", "tokens", "raw_tokens", "seconds", "eotp_skipped")
+
+
+@pytest.fixture(scope="module")
+def lm(default_model):
+    return DLLM(default_model, block_length=8, batch_size=8, warmup=0)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if anything tries to load weights."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the error")
+    monkeypatch.setattr(dllm_module, "load_model", refuse)
+
+
+def request(prompt, until=(), task="stop_test", doc_id=0):
+    return Instance("generate_until", {}, (prompt, {"until": list(until), "max_gen_toks": 32}), 0, (task, doc_id, 1))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_simple_evaluate_on_each_synthetic_task_logs_speed_per_sample(lm, task):
+    results = lm_eval.simple_evaluate(model=lm, tasks=[task_config(task)], limit=8, log_samples=True,
+                                      task_manager=TaskManager(include_defaults=False))
+    lm.attach_speed(results)
+    assert 0.0 <= results["results"][task]["acc,none"] <= 1.0
+    assert results["results"][task]["nfe,none"] > 0 and results["results"][task]["tokens_per_second,none"] > 0
+    samples = results["samples"][task]
+    assert len(samples) == 8
+    for sample in samples:
+        assert all(key in sample for key in SPEED_KEYS)
+        assert sample["nfe"] >= 4  # at least one forward per block (G = 32, B = 8)
+        assert sample["tpf"] == pytest.approx(sample["tokens"] / sample["nfe"])
+    assert results["speed_protocol"]["batch_size"] == 8
+
+
+def test_model_by_name_with_model_args():
+    results = lm_eval.simple_evaluate(model="dllm", model_args="model=tiny,block_length=8,strategy=threshold,"
+                                      "threshold=0.9,warmup=0", tasks=[task_config("arith")], limit=6,
+                                      task_manager=TaskManager(include_defaults=False))
+    assert results["results"]["arith"]["acc,none"] >= 0.5  # the embedded default solves most arith problems
+
+
+def test_strategy_and_eotp_change_speed_not_protocol(default_model):
+    base = evaluate(DLLM(default_model, block_length=8, batch_size=10, warmup=0), ["arith"], limit=10)
+    fast = evaluate(DLLM(default_model, block_length=8, batch_size=10, warmup=0, strategy="threshold", eotp=True),
+                    ["arith"], limit=10)
+    assert base["speed"]["arith"]["nfe"] == 32  # one token per step over G = 32
+    assert fast["speed"]["arith"]["nfe"] < base["speed"]["arith"]["nfe"] / 2
+    assert fast["speed"]["arith"]["eotp_skipped"] > 0
+
+
+def test_max_gen_toks_sets_gen_length_unless_fixed(default_model):
+    free = DLLM(default_model, block_length=8, warmup=0)
+    assert free.config_for({"max_gen_toks": 20}).gen_length == 24  # rounded up to a multiple of B
+    fixed = DLLM(default_model, block_length=8, gen_length=16, warmup=0)
+    assert fixed.config_for({"max_gen_toks": 20}).gen_length == 16
+    with pytest.raises(ConfigError, match="max length"):
+        free.config_for({"max_gen_toks": 4096})
+
+
+def test_stop_strings_cut_outputs(lm):
+    prompt = "perm : 11 22 33 44"
+    words = lm.generate_until([request(prompt)], disable_tqdm=True)[0].split()
+    assert len(words) == 4
+    cut = lm.generate_until([request(prompt, until=[words[1]], doc_id=1)], disable_tqdm=True)[0]
+    assert cut.split() == words[:1]
+    assert lm.stats["stop_test", 1] == [lm.stats["stop_test", 1][0]]
+    assert lm.stats["stop_test", 1][0]["tokens"] == 1 and lm.stats["stop_test", 1][0]["raw_tokens"] == 4
+
+
+def test_cut_and_token_count_rules(default_model):
+    assert cut_at_stop("a b\nQuestion: c", ["Question:", "</s>"]) == "a b\n"
+    assert cut_at_stop("abc", []) == "abc"
+    eos = default_model.eos_token_id
+    assert counted_tokens(default_model.tokenizer, "3 68 39", eos) == 3
+    assert counted_tokens(default_model.tokenizer, "3 68 39 <|endoftext|> <|endoftext|>", eos) == 3  # EOS not counted
+    assert counted_tokens(default_model.tokenizer, "", eos) == 0
+
+
+def test_loglikelihood_prefers_the_right_continuation(default_model):
+    lm = DLLM(default_model, block_length=8, mc_num=64, mc_batch_size=32, warmup=0)
+    right, wrong = lm.loglikelihood([
+        Instance("loglikelihood", {}, ("math : ann has 5 apples . ann finds 3 more . how many apples does ann "
+                                       "have ?", " 5 + 3 = 8 . #### 8"), 0, ("x", 0, 1)),
+        Instance("loglikelihood", {}, ("math : ann has 5 apples . ann finds 3 more . how many apples does ann "
+                                       "have ?", " 5 + 3 = 2 . #### 2"), 0, ("x", 1, 1))], disable_tqdm=True)
+    assert right[0] < 0 and wrong[0] < right[0] - 1.0
+    with pytest.raises(NotImplementedError):
+        lm.loglikelihood_rolling([])
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data not present")
+@pytest.mark.parametrize("task, metric", [("gsm8k", "exact_match,strict-match"), ("math", "exact_match,none")])
+def test_real_benchmarks_run_offline_through_the_real_scorers(default_model, task, metric):
+    # The tiny model cannot solve these: the pipeline (local data, few-shot prompt, scorer) is under test.
+    results = evaluate(DLLM(default_model, block_length=8, gen_length=16, warmup=0), [task], data_dir=DATA, limit=2,
+                       num_fewshot=1)
+    assert results["results"][task][metric] == 0.0
+    sample = results["samples"][task][0]
+    assert sample["arguments"][0][0].count("Question:" if task == "gsm8k" else "Problem:") == 2  # 1 shot + query
+    assert sample["nfe"] > 0
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data not present")
+def test_code_tasks_run_programs_only_with_both_opt_ins(default_model, monkeypatch, no_model_load):
+    with pytest.raises(TaskError, match="confirm_run_unsafe_code"):
+        evaluate("tiny", ["humaneval"], data_dir=DATA)
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    with pytest.raises(TaskError, match="HF_ALLOW_CODE_EVAL=1"):
+        evaluate("tiny", ["mbpp"], data_dir=DATA, confirm_run_unsafe_code=True)
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data not present")
+def test_humaneval_pipeline_scores_generated_code(default_model, monkeypatch):
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+    results = evaluate(DLLM(default_model, block_length=8, gen_length=8, warmup=0), ["humaneval"], data_dir=DATA, limit=1,
+                       confirm_run_unsafe_code=True)
+    assert results["results"]["humaneval"]["pass@1,none"] == 0.0  # the tiny model's words are not Python
+
+
+def test_errors_come_before_any_model_is_loaded(no_model_load, tmp_path):
+    with pytest.raises(TaskError, match="unknown task 'gsm9k'"):
+        evaluate("tiny", ["gsm9k"])
+    with pytest.raises(TaskError, match=str(tmp_path / "gsm8k" / "test.jsonl")):
+        evaluate("tiny", ["gsm8k"], data_dir=tmp_path)
+    with pytest.raises(TaskError, match="math reads"):
+        evaluate("tiny", ["math"])
+    rolling = task_config("perm") | {"task": "perm_rolling", "output_type": "loglikelihood_rolling",
+                                     "doc_to_target": "", "metric_list": [{"metric": "word_perplexity"}]}
+    rolling.pop("process_results")
+    with pytest.raises(TaskError, match="loglikelihood_rolling"):
+        build_tasks([rolling])
+    with pytest.raises(ConfigError, match="unknown dllm argument"):
+        DLLM("tiny", treshold=0.5)
+    with pytest.raises(ConfigError, match="multiple"):
+        DLLM("tiny", gen_length=30, block_length=8)
