@@ -1,6 +1,7 @@
 """Collect sweep records into tidy DataFrames: one row per cell, and one row per sample.
 
     python -m analysis.collect multirun/2026-11-25/quickstart [more folders] --out cells.csv
+    python -m analysis.collect --wandb entity/project [--group G] --out cells.csv   # the runs logged to W&B
 
 A cell's record is `result.json` (written by the sweep), with its per-sample records in `samples.jsonl`
 beside it. The fields read (missing ones become NaN):
@@ -10,8 +11,11 @@ beside it. The fields read (missing ones become NaN):
                 "decoding": {"strategy", "threshold", "filter_threshold", "eotp", "cache",
                              "gen_length", "block_length", ...}},
      "metrics": {"accuracy": 0-1, "accuracy_stderr": 0-1},
-     "speed": {"nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped"},
+     "speed": {"nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped", "tokens",
+               "raw_tokens"},
      "speedup": ..., "nfe_ratio": ..., "device": ..., "dtype": ..., "batch_size": ...}
+
+Every sample row carries its cell's `config_hash` and `path` (the cell folder), to join with the cells.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import pandas as pd
 
 CELL_COLUMNS = ["model", "task", "strategy", "threshold", "filter_threshold", "eotp", "cache", "gen_length",
                 "block_length", "accuracy", "accuracy_stderr", "nfe", "tpf", "tokens_per_second", "latency_p50",
-                "latency_p90", "eotp_skipped", "speedup", "nfe_ratio", "device", "batch_size", "config_hash", "path"]
+                "latency_p90", "eotp_skipped", "tokens", "raw_tokens", "speedup", "nfe_ratio", "device", "batch_size",
+                "config_hash", "path"]
 
 
 @dataclass
@@ -45,13 +50,18 @@ def cell_row(record: dict, path: Path) -> dict:
         "threshold": decoding.get("threshold") if strategy == "threshold" else None,
         "filter_threshold": decoding.get("filter_threshold") if strategy == "learned" else None,
         "eotp": bool(decoding.get("eotp", False)), "cache": decoding.get("cache", "none"),
-        "gen_length": decoding.get("gen_length"), "block_length": decoding.get("block_length"),
+        "gen_length": decoding.get("gen_length") or speed.get("gen_length"),  # None: the task's max_gen_toks "block_length": decoding.get("block_length"),
         "accuracy": pct(metrics.get("accuracy")), "accuracy_stderr": pct(metrics.get("accuracy_stderr")),
         **{k: speed.get(k) for k in ("nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90",
-                                      "eotp_skipped")},
+                                      "eotp_skipped", "tokens", "raw_tokens")},
         "speedup": record.get("speedup"), "nfe_ratio": record.get("nfe_ratio"), "device": record.get("device"),
         "batch_size": record.get("batch_size"), "config_hash": record.get("config_hash"), "path": str(path.parent),
     }
+
+
+def missing_fields(row: dict) -> list[str]:
+    """The fields without which a cell row cannot be placed in any table."""
+    return [k for k in ("task", "strategy", "accuracy") if row[k] is None]
 
 
 def collect(folders: list[str | Path]) -> Collected:
@@ -73,7 +83,7 @@ def collect(folders: list[str | Path]) -> Collected:
                                 + (f" ({record['error']})" if record.get("error") else ""))
                 continue
             row = cell_row(record, path)
-            missing = [k for k in ("task", "strategy", "accuracy") if row[k] is None]
+            missing = missing_fields(row)
             if missing:
                 problems.append(f"{path}: incomplete record, missing {', '.join(missing)}")
                 continue
@@ -82,7 +92,7 @@ def collect(folders: list[str | Path]) -> Collected:
             if sample_file.exists():
                 for line in sample_file.read_text().splitlines():
                     if line.strip():
-                        samples.append({"config_hash": row["config_hash"], **json.loads(line)})
+                        samples.append({"config_hash": row["config_hash"], **json.loads(line), "path": row["path"]})
     return Collected(pd.DataFrame(rows, columns=CELL_COLUMNS), pd.DataFrame(samples), problems)
 
 
@@ -110,10 +120,23 @@ def method_label(row) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("folders", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, help="write the cells as CSV (samples go to <out>.samples.csv)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs logged to this W&B project "
+                        "instead of (or besides) folders; a run not finished is listed as skipped")
+    parser.add_argument("--group", help="with --wandb: only the runs of this group (a sweep)")
     args = parser.parse_args(argv)
-    got = collect_and_report(args.folders)
+    if not args.folders and not args.wandb:
+        parser.error("give sweep folders, --wandb entity/project, or both")
+    got = collect_and_report(args.folders) if args.folders else None
+    if args.wandb:
+        from .wandb_io import collect_wandb
+        remote = collect_wandb(args.wandb, args.group)
+        for problem in remote.problems:
+            print(f"skipped: {problem}")
+        got = remote if got is None else Collected(
+            pd.concat([got.cells, remote.cells], ignore_index=True),
+            pd.concat([got.samples, remote.samples], ignore_index=True), got.problems + remote.problems)
     print(f"{len(got.cells)} cells, {len(got.samples)} samples")
     if args.out:
         got.cells.to_csv(args.out, index=False)

@@ -136,3 +136,14 @@ def test_statistics_are_per_row(eos_prone, prompts):
     # tokens committed before a later cut are overwritten by EOS, so at least the kept length was committed
     assert all(sum(s) >= G - skipped for s, skipped in zip(out.tokens_per_step, out.eotp_skipped.tolist()))
     assert ((out.tokens == eos_prone.eos_token_id).sum(1) >= out.eotp_skipped).all()
+
+
+def test_redecodes_count_forwards_between_first_correct_prediction_and_commit(tiny, prompts):
+    config = DecodeConfig(gen_length=16, block_length=8)
+    base = generate(tiny, prompts, config, trace=True)
+    oracle = generate(tiny, prompts, DecodeConfig(gen_length=16, block_length=8, strategy="oracle"),
+                      reference=base.tokens, trace=True)
+    for row in range(prompts.shape[0]):
+        assert len(base.trace.redecodes(base.tokens, row)) == 16  # every position committed once
+        assert oracle.trace.redecodes(oracle.tokens, row) == [0] * 16  # the oracle commits at first sight
+        assert max(base.trace.redecodes(base.tokens, row)) <= 7  # never more than the block's steps

@@ -44,6 +44,25 @@ class Trace:
     def __len__(self) -> int:
         return self.row.numel()
 
+    def redecodes(self, tokens: Tensor, row: int) -> list[int]:
+        """For each position `row` committed: forwards it stayed masked after the model first predicted its
+        final token (Learn2PD's redundant re-decodes; 0 when committed at the first correct prediction)."""
+        tokens = tokens[row].cpu()
+        block_length = self.prediction.shape[1]
+        first_correct: dict[int, int] = {}
+        counts = []
+        for i in torch.nonzero(self.row == row).flatten().tolist():  # this row's steps, in order
+            base = int(self.block[i]) * block_length
+            for j in range(block_length):
+                position = base + j
+                if position >= tokens.numel() or not (self.masked[i, j] and self.valid[i, j]):
+                    continue
+                if position not in first_correct and self.prediction[i, j] == tokens[position]:
+                    first_correct[position] = int(self.step[i])
+                if self.committed[i, j]:
+                    counts.append(int(self.step[i]) - first_correct.get(position, int(self.step[i])))
+        return counts
+
 
 @dataclass
 class DecodeOutput:

@@ -44,6 +44,17 @@ def counted_tokens(tokenizer, text: str, eos_id: int) -> int:
     return sum(t != eos_id for t in tokenizer(text, add_special_tokens=False).input_ids)
 
 
+def decode_config(fields: dict) -> tuple[DecodeConfig, int | None]:
+    """Validate decoding fields now, before any weights load. Returns the config and the fixed generation
+    length (None: set per request from its max_gen_toks; the config then holds a placeholder G = B)."""
+    unknown = set(fields) - DECODE_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown decoding argument(s) {sorted(unknown)}; known: {sorted(DECODE_FIELDS)}")
+    fixed = fields.get("gen_length")
+    placeholder = fields.get("block_length", DecodeConfig.block_length)
+    return DecodeConfig(**{**fields, "gen_length": fixed or placeholder}), fixed
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
@@ -60,19 +71,12 @@ class DLLM(LM):
     def __init__(self, model="tiny", decoding: DecodeConfig | dict | None = None, *, batch_size=1,
                  chat_template: bool | None = None, raw_prompt_tasks=("humaneval",), warmup: int = 1,
                  mc_num: int = 128, mc_batch_size: int = 32, dtype: str | None = None, device: str | None = None,
-                 shift_logits: bool = False, trust_remote_code: bool = False, max_batch_size=None,
-                 **decoding_fields):
+                 shift_logits: bool = False, trust_remote_code: bool = False, trace: bool = False,
+                 max_batch_size=None, **decoding_fields):
         super().__init__()
-        unknown = set(decoding_fields) - DECODE_FIELDS
-        if unknown:
-            raise ConfigError(f"unknown dllm argument(s) {sorted(unknown)}; decoding fields: {sorted(DECODE_FIELDS)}")
         if isinstance(decoding, DecodeConfig):
             decoding = dataclasses.asdict(decoding)
-        fields = {**(decoding or {}), **decoding_fields}
-        self.fixed_gen_length = fields.get("gen_length")
-        # validated now (before any weights load); gen_length is set per request when not fixed
-        self.decoding = DecodeConfig(**{**fields, "gen_length": fields.get("gen_length") or
-                                        fields.get("block_length", DecodeConfig.block_length)})
+        self.decoding, self.fixed_gen_length = decode_config({**(decoding or {}), **decoding_fields})
         if str(batch_size).startswith("auto"):
             raise ConfigError("batch_size=auto is not supported by dllm; give an integer")
         self.batch_size = int(batch_size)
@@ -88,6 +92,7 @@ class DLLM(LM):
                               if chat_template is None else bool(chat_template))
         self.raw_prompt_tasks = set([raw_prompt_tasks] if isinstance(raw_prompt_tasks, str) else raw_prompt_tasks)
         self.warmup, self.mc_num, self.mc_batch_size = warmup, mc_num, mc_batch_size
+        self.trace = trace  # per-sample re-decodes after first-correct (keeps every step's block in memory)
         self.stats: dict[tuple[str, int], list[dict]] = defaultdict(list)
         self.batch_seconds: dict[str, float] = defaultdict(float)  # per task, for tokens per second
         self._warmed_up = False
@@ -172,17 +177,19 @@ class DLLM(LM):
     # ---------------------------------------------------------------- decoding and statistics
     def _warm_up(self, prompts: list[str], config: DecodeConfig) -> None:
         for _ in range(self.warmup):
-            ids, mask = self.encode(prompts, config.gen_length)
-            with torch.no_grad():
-                generate(self.model, ids, config, attention_mask=mask)
+            list(self._decode(prompts, config, []))
         self._warmed_up = True
 
     @torch.no_grad()
     def _decode(self, prompts: list[str], config: DecodeConfig, until: list[str]):
         ids, mask = self.encode(prompts, config.gen_length)
+        reference = None
+        if config.strategy == "oracle":  # the upper bound replays a baseline decode (not timed)
+            reference = generate(self.model, ids, dataclasses.replace(config, strategy="baseline"),
+                                 attention_mask=mask).tokens
         synchronize(self.device)
         start = time.perf_counter()
-        out = generate(self.model, ids, config, attention_mask=mask)
+        out = generate(self.model, ids, config, attention_mask=mask, reference=reference, trace=self.trace)
         synchronize(self.device)
         seconds = time.perf_counter() - start
         eos = self.model.eos_token_id
@@ -198,7 +205,7 @@ class DLLM(LM):
                 "tpf": counted / max(nfe, 1), "seconds": float(out.wall_time[row]), "batch_seconds": seconds,
                 "eotp_skipped": int(out.eotp_skipped[row]), "gen_length": config.gen_length,
                 "steps_per_block": out.steps_per_block[row].tolist(),
-            }
+            } | ({"redecodes": out.trace.redecodes(out.tokens, row)} if self.trace else {})
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of context and continuation; the context's trailing spaces move to the continuation."""
@@ -253,7 +260,9 @@ class DLLM(LM):
                 "tokens_per_second": tokens / max(self.batch_seconds[task], 1e-12),
                 "latency_mean": seconds / len(stats), "latency_p50": percentile(latencies, 50),
                 "latency_p90": percentile(latencies, 90),
-                "eotp_skipped": sum(s["eotp_skipped"] for s in stats) / len(stats), "samples": len(stats)}
+                "eotp_skipped": sum(s["eotp_skipped"] for s in stats) / len(stats), "samples": len(stats),
+                "gen_length": statistics.mode(s["gen_length"] for s in stats),
+                "decode_seconds": self.batch_seconds[task]}
 
     def attach_speed(self, results: dict) -> dict:
         """Merge the per-request statistics into lm-eval's sample records and aggregate metrics."""
@@ -266,6 +275,6 @@ class DLLM(LM):
                         sample["repeats_speed"] = stats
         results["speed"] = {task: self.speed(task) for task in results.get("results", {})}
         for task, speed in results["speed"].items():
-            results["results"][task].update({f"{k},none": v for k, v in speed.items() if k != "samples"})
+            results["results"][task].update({f"{k},none": v for k, v in speed.items() if k not in ("samples", "decode_seconds")})
         results["speed_protocol"] = self.protocol()
         return results

@@ -1,0 +1,218 @@
+"""`dllm-harness` / `python -m harness`: evaluate one (model, task, decoding) cell through lm-eval and record
+it in the sweep's store (and W&B). Hydra composes the cell from `conf/`; `-m` sweeps a grid of cells.
+
+    dllm-harness task=perm decoding=threshold decoding.threshold=0.7
+    dllm-harness -m experiment=quickstart                       # the embedded default's full grid
+    dllm-harness -m experiment=quickstart hydra/launcher=joblib   # cells in parallel processes
+
+A cell with a complete record of the same config hash in the store is skipped (`force=true` re-runs it);
+a failing cell is recorded as failed and the sweep goes on. Speedup is the cell's throughput over that of
+the plain baseline with the same model, task, G, B, device and batch size (from the store, or run first).
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from . import schema
+from .store import cell_lock, config_hash, find_complete, read_record, write_record
+
+log = logging.getLogger("harness.run")
+schema.register()
+
+REPO = Path(__file__).resolve().parents[1]
+_LOADED: dict[tuple, object] = {}  # models stay loaded across the cells one process runs
+
+
+def resolve_device(name: str) -> str:
+    """`auto`: CUDA when visible, else CPU; with several GPUs, parallel jobs take one each (by job number)."""
+    if name != "auto":
+        return name
+    if not torch.cuda.is_available():
+        return "cpu"
+    count = torch.cuda.device_count()
+    job = HydraConfig.get().job.num if HydraConfig.initialized() and count > 1 else 0
+    return f"cuda:{(job or 0) % count}"
+
+
+def cell_settings(cfg: DictConfig, device: str) -> dict:
+    """The resolved cell as a plain dict; the device is recorded by kind (cpu/cuda) so that a cell resumes
+    on any GPU of the machine."""
+    settings = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    settings.pop("hydra", None)
+    settings["device"] = torch.device(device).type
+    return settings
+
+
+def get_model(model_cfg: dict, device: str):
+    from .models import load_model
+    dtype = getattr(torch, model_cfg["dtype"] or ("bfloat16" if device.startswith("cuda") else "float32"))
+    options = {k: model_cfg[k] for k in ("shift_logits", "trust_remote_code", "mask_token_id", "eos_token_id")}
+    key = (model_cfg["path"], dtype, device, *options.values())
+    if key not in _LOADED:
+        _LOADED.clear()  # one model at a time
+        _LOADED[key] = load_model(model_cfg["path"], dtype=dtype, device=device, **options)
+    return _LOADED[key]
+
+
+def check_cell(settings: dict) -> dict:
+    """Every check that needs no model: decoding values, task name, data files, code opt-ins. Returns the
+    lm-eval task objects."""
+    from .lmeval import build_tasks
+    from .lmeval.model import decode_config
+    decode_config(settings["decoding"])
+    task = settings["task"]
+    return build_tasks([task["name"]], task["data_dir"], task["num_fewshot"], task["unsafe_code"])
+
+
+def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]:
+    """Run the cell through lm-eval; returns the record's measured part and the per-sample records."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from .lmeval import DLLM
+    model_cfg, task = settings["model"], settings["task"]
+    start = time.perf_counter()
+    model = get_model(model_cfg, device)
+    loaded = time.perf_counter()
+    lm = DLLM(model, settings["decoding"], batch_size=settings["batch_size"], warmup=settings["warmup"],
+              trace=settings["trace"],
+              chat_template=model_cfg["chat_template"], raw_prompt_tasks=model_cfg["raw_prompt_tasks"])
+    limit = task["limit"]
+    limit = int(limit) if limit is not None and limit >= 1 else limit
+    results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=limit, log_samples=True,
+                                      confirm_run_unsafe_code=task["unsafe_code"],
+                                      task_manager=TaskManager(include_defaults=False))
+    lm.attach_speed(results)
+    name, metric = task["name"], task["metric"]
+    scores = results["results"][name]
+    if metric not in scores:
+        raise KeyError(f"task {name} has no metric {metric!r}; it reports {sorted(scores)}")
+    metric_name, _, metric_filter = metric.partition(",")
+    stderr = scores.get(f"{metric_name}_stderr,{metric_filter}")
+    speed = results["speed"][name]
+    protocol = results["speed_protocol"]
+    record = {
+        "metrics": {"accuracy": float(scores[metric]), "accuracy_stderr": _number(stderr),
+                    "lm_eval": {k: _number(v) for k, v in scores.items() if k not in ("name", "alias")}},
+        "speed": {k: v for k, v in speed.items() if k != "decode_seconds"},
+        "protocol": protocol, "device": protocol["device"], "device_name": protocol["device_name"],
+        "dtype": protocol["dtype"], "batch_size": settings["batch_size"],
+        "timings": {"model_load": loaded - start, "evaluate": time.perf_counter() - loaded,
+                    "decode": speed["decode_seconds"]},
+    }
+    return record, results["samples"][name]
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def baseline_settings(settings: dict) -> dict:
+    """The plain baseline this cell's speed is compared with: same model, task, G, B, device, batch size."""
+    d = settings["decoding"]
+    base = OmegaConf.to_container(OmegaConf.structured(schema.BaselineSchema), enum_to_str=True)
+    base.update(gen_length=d["gen_length"], block_length=d["block_length"], seed=d["seed"])
+    return {**settings, "decoding": base}
+
+
+def environment() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    packages = ("torch", "transformers", "lm_eval", "hydra-core", "wandb", "dllm-harness")
+    return {"versions": {p: _version(p) for p in packages} | {"python": platform.python_version()},
+            "git_commit": commit, "host": platform.node()}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except Exception:
+        return None
+
+
+def run_cell(settings: dict, folder: Path, device: str) -> dict:
+    """Evaluate (or skip) one cell and write its record into `folder`. Never raises for a cell's failure."""
+    store, digest = Path(settings["store"]), config_hash(settings)
+    with cell_lock(store, digest):  # a parallel job may be running this very cell as its baseline
+        if not settings["force"]:
+            done = find_complete(store, digest)
+            if done:
+                log.info(f"skipped: complete record {digest} at {done['path']}")
+                return done
+        existing = read_record(folder / "result.json")
+        if existing and existing.get("config_hash") != digest:  # never overwrite another cell's record
+            folder = folder / digest
+        return _run_and_record(settings, digest, folder, device)
+
+
+def _run_and_record(settings: dict, digest: str, folder: Path, device: str) -> dict:
+    started = time.perf_counter()
+    record = {"status": "running", "config_hash": digest, "config": settings, **environment()}
+    samples = None
+    try:
+        tasks = check_cell(settings)
+        measured, samples = measure(settings, tasks, device)
+        record.update(measured)
+        record.update(pair_with_baseline(settings, record, device))
+        record["status"] = "complete"
+    except Exception as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}")
+        log.error(f"cell {digest} failed: {record['error']}")
+    record["timings"] = {**record.get("timings", {}), "cell": time.perf_counter() - started}
+    write_record(folder, record, samples)
+    from .tracking import log_cell
+    log_cell(settings["tracking"], record, samples or [], folder, settings["task"]["metric"].split(",")[0])
+    return record
+
+
+def pair_with_baseline(settings: dict, record: dict, device: str) -> dict:
+    """speedup = tokens/s over the plain baseline's; nfe_ratio = baseline NFE over this cell's."""
+    base = baseline_settings(settings)
+    base_hash = config_hash(base)
+    if base_hash == record["config_hash"]:
+        return {"speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
+    store = Path(settings["store"])
+    with cell_lock(store, base_hash):
+        found = find_complete(store, base_hash)
+        if found is None:
+            log.info(f"running the baseline {base_hash} this cell is compared with")
+            measured, samples = measure(base, check_cell(base), device)
+            found = {"status": "complete", "config_hash": base_hash, "config": base, **environment(), **measured,
+                     "speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
+            write_record(store / "baselines" / base_hash, found, samples)
+    speed, base_speed = record["speed"], found["speed"]
+    return {"speedup": speed["tokens_per_second"] / base_speed["tokens_per_second"]
+            if base_speed.get("tokens_per_second") else None,
+            "nfe_ratio": base_speed["nfe"] / speed["nfe"] if speed.get("nfe") else None,
+            "baseline_hash": base_hash}
+
+
+@hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task chatter drowns the cell's log
+    device = resolve_device(cfg.device)
+    record = run_cell(cell_settings(cfg, device), Path(HydraConfig.get().runtime.output_dir), device)
+    if record["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
+        raise SystemExit(f"error: {record['error']}")
+    return record.get("metrics", {}).get("accuracy")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Typed schemas of the Hydra configs in `conf/`: each YAML option extends one of these, so a misspelt key,
+a wrong type or an unknown enum value fails when Hydra composes the config, before any job runs.
+
+Every decoding strategy has its own schema holding only the knobs it reads, so `decoding=oracle
+decoding.threshold=0.5` is rejected with the key named. Range checks (τ in (0, 1], G a multiple of B, ...)
+are `DecodeConfig`'s, run at the start of a job before the model loads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+
+class Cache(Enum):
+    none = "none"
+    prefix = "prefix"
+    dual = "dual"
+
+
+class Remasking(Enum):
+    low_confidence = "low_confidence"
+    random = "random"
+
+
+class WandbMode(Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class ModelSchema:
+    name: str = MISSING  # the label in records and plots
+    path: str = MISSING  # a local folder, or a shipped model's name ("tiny")
+    dtype: Optional[str] = None  # None: bfloat16 on CUDA, float32 on CPU
+    chat_template: Optional[bool] = None  # None: on when the tokenizer has one
+    raw_prompt_tasks: list[str] = field(default_factory=lambda: ["humaneval"])  # never templated (Learn2PD)
+    shift_logits: bool = False  # Dream-style models predict token i at position i-1
+    trust_remote_code: bool = False
+    mask_token_id: Optional[int] = None  # masked-LM folders whose tokenizer does not name these
+    eos_token_id: Optional[int] = None
+    block_length: int = 32  # the block length decoding uses unless told otherwise
+    filter: Optional[str] = None  # the Learn2PD filter `decoding=learned` uses unless told otherwise
+
+
+@dataclass
+class DecodingSchema:
+    """The loop's switches, shared by every strategy."""
+    strategy: str = MISSING
+    gen_length: Optional[int] = None  # G; None: each task's max_gen_toks
+    block_length: int = II("model.block_length")  # B
+    temperature: float = 0.0
+    eotp: bool = False
+    cache: Cache = Cache.none
+    seed: int = 0
+
+
+@dataclass
+class BaselineSchema(DecodingSchema):
+    strategy: str = "baseline"
+    steps: Optional[int] = None  # None: G (one token per step)
+    remasking: Remasking = Remasking.low_confidence
+
+
+@dataclass
+class ThresholdSchema(DecodingSchema):
+    strategy: str = "threshold"
+    threshold: float = 0.9
+
+
+@dataclass
+class FactorSchema(DecodingSchema):
+    strategy: str = "factor"
+    factor: float = 1.0
+
+
+@dataclass
+class EntropyBoundedSchema(DecodingSchema):
+    strategy: str = "entropy_bounded"
+    gamma: float = 0.1
+
+
+@dataclass
+class OracleSchema(DecodingSchema):
+    strategy: str = "oracle"
+
+
+@dataclass
+class LearnedSchema(DecodingSchema):
+    strategy: str = "learned"
+    filter_path: Optional[str] = II("model.filter")  # a filter file (ours or layer_2_flan.pth) or a shipped name
+    filter_threshold: float = 0.96
+
+
+@dataclass
+class TaskSchema:
+    name: str = MISSING  # a harness task (arith, facts, code, perm, gsm8k, math, humaneval, mbpp)
+    metric: str = MISSING  # the lm-eval result key reported as accuracy
+    limit: Optional[float] = None  # problems (an int) or a fraction of the test set
+    num_fewshot: Optional[int] = None  # None: the task's own
+    data_dir: Optional[str] = None  # local benchmark copies; None: lm-eval's hub dataset
+    unsafe_code: bool = False  # code tasks: run generated programs (also needs HF_ALLOW_CODE_EVAL=1)
+
+
+@dataclass
+class TrackingSchema:
+    mode: WandbMode = WandbMode.offline
+    project: str = "dllm-harness"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSchema:
+    model: Any = MISSING
+    decoding: Any = MISSING
+    task: Any = MISSING
+    tracking: Any = MISSING
+    sweep: str = "default"  # the sweep's name: its store folder and W&B group
+    store: str = MISSING  # the sweep's folder; cells with a complete record here are skipped
+    force: bool = False  # re-run cells that already have a complete record
+    device: str = "auto"  # auto: CUDA when visible (one GPU per parallel job), else CPU
+    batch_size: int = 1
+    warmup: int = 1  # decodes before timing starts, excluded from speed figures
+    trace: bool = False  # per sample, forwards spent re-decoding tokens already predicted right (slower)
+    analyse: bool = True  # at the end of a multirun: Pareto plots and tables.md in the sweep folder
+
+
+SCHEMAS = {
+    "model": {"model_schema": ModelSchema},
+    "decoding": {"baseline_schema": BaselineSchema, "threshold_schema": ThresholdSchema,
+                 "factor_schema": FactorSchema, "entropy_bounded_schema": EntropyBoundedSchema,
+                 "oracle_schema": OracleSchema, "learned_schema": LearnedSchema},
+    "task": {"task_schema": TaskSchema},
+    "tracking": {"tracking_schema": TrackingSchema},
+}
+
+
+def register() -> None:
+    """Put the schemas where `conf/` YAMLs find them (their defaults lists name `<x>_schema`)."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunSchema)
+    for group, nodes in SCHEMAS.items():
+        for name, node in nodes.items():
+            store.store(group=group, name=name, node=node)

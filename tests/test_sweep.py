@@ -1,0 +1,201 @@
+"""The Hydra application: configs compose (and bad ones fail at compose time), cells are recorded, skipped
+when complete, recorded as failed without stopping a sweep, and real multiruns (joblib; killed and
+restarted) write each record exactly once. W&B runs offline and is read back with its own tool."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import harness.run  # noqa: F401  (registers the schemas)
+from harness import tracking
+from harness.run import cell_settings, run_cell
+from harness.store import config_hash
+from hydra_plugins.dllm_harness.grids_sweeper import GridsSweeper
+
+from .conftest import REPO
+
+CONF = REPO / "conf"
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "decoding", "task", "tracking")}
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def composed(*overrides, hydra=False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def resolved(cfg) -> dict:
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False, enum_to_str=True)
+
+
+def grid_jobs(cfg) -> list[list[str]]:
+    sweeper = cfg.hydra.sweeper
+    grids = GridsSweeper(None, dict(sweeper.get("params") or {}), sweeper.get("grids"))
+    grids.hydra_context = SimpleNamespace(config_loader=None)
+    return grids.jobs([])
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_every_group_option_composes(group, option):
+    cfg = resolved(composed(f"{group}={option}"))
+    assert cfg[group]
+    if group == "decoding":
+        assert cfg["decoding"]["strategy"] == option
+        assert cfg["decoding"]["block_length"] == 8  # the default model's block length
+    assert cfg["store"].endswith("/default")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_every_job_of_its_grid(experiment):
+    cfg = composed(f"experiment={experiment}", hydra=True)
+    assert cfg.sweep == experiment
+    jobs = grid_jobs(cfg) if cfg.hydra.sweeper.get("grids") else [[]]
+    for job in jobs:
+        overrides = [o for o in job if not o.startswith("hydra.")]
+        composed(f"experiment={experiment}", *overrides)
+
+
+def test_quickstart_never_crosses_a_strategy_with_anothers_knob():
+    jobs = grid_jobs(composed("experiment=quickstart", hydra=True))
+    assert len(jobs) == 4 * 2 * 2 * (1 + 3 + 1 + 1)  # tasks x EoTP x cache x (baseline, 3 τ, oracle, learned)
+    for job in jobs:
+        strategy = next(o.split("=")[1] for o in job if o.startswith("decoding="))
+        assert any(o.startswith("decoding.threshold=") for o in job) == (strategy == "threshold")
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["decoding=oracle", "decoding.threshold=0.5"], "threshold"),
+    (["decoding=baseline", "decoding.filter_threshold=0.9"], "filter_threshold"),
+    (["decoding=greedy"], "decoding"),
+    (["decoding.cache=triple"], "cache"),
+    (["decoding.threshold=high", "decoding=threshold"], "threshold"),
+    (["task.limt=5"], "limt"),
+    (["bogus=1"], "bogus"),
+    (["model=llama"], "model"),
+])
+def test_invalid_settings_fail_at_compose_time_naming_the_key(overrides, named):
+    with pytest.raises((HydraException, OmegaConfBaseException), match=named):
+        resolved(composed(*overrides))
+
+
+def settings_for(tmp_path, *overrides) -> dict:
+    cfg = composed(f"store={tmp_path / 'store'}", "tracking=disabled", "task.limit=4", "batch_size=4", "warmup=0",
+                   *overrides)
+    return cell_settings(cfg, "cpu")
+
+
+def test_a_cell_records_metrics_speed_and_speedup_then_is_skipped(tmp_path):
+    settings = settings_for(tmp_path, "task=arith", "decoding=threshold")
+    record = run_cell(settings, tmp_path / "store" / "cell", "cpu")
+    assert record["status"] == "complete"
+    saved = json.loads((tmp_path / "store" / "cell" / "result.json").read_text())
+    assert saved["config_hash"] == config_hash(settings) and saved["config"]["task"]["name"] == "arith"
+    assert 0 <= saved["metrics"]["accuracy"] <= 1 and saved["speed"]["nfe"] < 32
+    assert saved["nfe_ratio"] == pytest.approx(32 / saved["speed"]["nfe"])  # vs the plain baseline
+    assert saved["speedup"] > 0 and saved["versions"]["torch"] and saved["protocol"]["batch_size"] == 4
+    baseline = list((tmp_path / "store" / "baselines").glob("*/result.json"))
+    assert len(baseline) == 1  # run first, because the store had no baseline for this cell
+    samples = (tmp_path / "store" / "cell" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 4 and "nfe" in json.loads(samples[0])
+
+    again = run_cell(settings, tmp_path / "store" / "other", "cpu")
+    assert again["path"] == str(tmp_path / "store" / "cell") and not (tmp_path / "store" / "other").exists()
+    forced = run_cell({**settings, "force": True}, tmp_path / "store" / "cell", "cpu")
+    assert forced["status"] == "complete" and "path" not in forced
+
+
+def test_a_failing_cell_is_recorded_as_failed(tmp_path):
+    settings = settings_for(tmp_path, "task=gsm8k", f"task.data_dir={tmp_path / 'nowhere'}")
+    record = run_cell(settings, tmp_path / "store" / "bad", "cpu")
+    assert record["status"] == "failed" and "gsm8k/test.jsonl" in record["error"]
+    saved = json.loads((tmp_path / "store" / "bad" / "result.json").read_text())
+    assert saved["status"] == "failed" and saved["error"] == record["error"]
+
+
+def test_wandb_failure_never_fails_the_cell(tmp_path, monkeypatch):
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no network")
+    monkeypatch.setattr(wandb, "init", broken)
+    record = {"config": {"sweep": "s", "task": {"name": "t"}, "decoding": {"strategy": "baseline"}},
+              "config_hash": "0" * 16, "metrics": {"accuracy": 1.0}}
+    assert tracking.log_cell({"mode": "offline", "project": "p"}, record, [], tmp_path, "acc") is None
+
+
+def harness_cli(*args, store: Path, env=None, **popen):
+    command = [sys.executable, "-m", "harness", *args, f"store={store}", "analyse=false"]
+    environment = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def complete_records(store: Path) -> dict[str, dict]:
+    records = [json.loads(p.read_text()) for p in store.rglob("result.json")]
+    complete = [r for r in records if r["status"] == "complete"]
+    hashes = [r["config_hash"] for r in complete]
+    assert len(hashes) == len(set(hashes)), "a cell was recorded twice"
+    return {r["config_hash"]: r for r in complete}
+
+
+GRID = ["-m", "task=arith,perm", "decoding.eotp=false,true", "task.limit=4", "batch_size=4", "warmup=0",
+        "tracking=disabled"]
+
+
+def test_joblib_multirun_writes_one_record_per_cell(tmp_path):
+    run = harness_cli(*GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", store=tmp_path)
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output[-3000:]
+    records = complete_records(tmp_path)
+    assert len(records) == 4
+    assert {(r["config"]["task"]["name"], r["config"]["decoding"]["eotp"]) for r in records.values()} == {
+        ("arith", False), ("arith", True), ("perm", False), ("perm", True)}
+
+
+def test_a_killed_sweep_resumes_without_losing_or_repeating_cells(tmp_path):
+    run = harness_cli(*GRID, store=tmp_path, start_new_session=True)
+    deadline = time.time() + 240
+    while len(complete_records(tmp_path)) < 2 and run.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.communicate()
+    before = complete_records(tmp_path)
+    assert 2 <= len(before) < 4, "the sweep should have been killed part-way"
+
+    rerun = harness_cli(*GRID, store=tmp_path)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output[-3000:]
+    after = complete_records(tmp_path)
+    assert len(after) == 4
+    for digest, record in before.items():  # finished cells were skipped, their records untouched
+        assert after[digest]["timings"] == record["timings"]
+    assert output.count("skipped: complete record") == len(before)
+
+
+def test_offline_wandb_run_holds_config_and_summary(tmp_path):
+    run = harness_cli("task=perm", "decoding=threshold", "task.limit=4", "batch_size=4", "warmup=0",
+                      "tracking=wandb_offline", store=tmp_path)
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output[-3000:]
+    (record_file,) = [p for p in tmp_path.rglob("result.json") if "baselines" not in p.parts]
+    record = json.loads(record_file.read_text())
+    (run_dir,) = record_file.parent.glob("wandb/offline-run-*")
+    shown = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    inspected = json.loads(shown.stdout)
+    assert inspected["state"] == "finished"
+    assert inspected["config"]["task"]["name"] == "perm" and inspected["config"]["decoding"]["strategy"] == "threshold"
+    assert inspected["summary"]["accuracy"] == pytest.approx(record["metrics"]["accuracy"])
+    assert inspected["summary"]["config_hash"] == record["config_hash"]
