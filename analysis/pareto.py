@@ -48,7 +48,7 @@ def plot_task(cells: pd.DataFrame, task: str, x: str, folder: Path) -> list[Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     group = cells[(cells.task == task)].dropna(subset=[x, "accuracy"])
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(8.4, 4.4))
     colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(sorted(group.strategy.unique()))}
     for (strategy, eotp, cache), pts in group.groupby(["strategy", "eotp", "cache"]):
         ax.errorbar(pts[x], pts["accuracy"], yerr=pts["accuracy_stderr"].fillna(0), fmt=MARKERS[eotp, cache],
@@ -62,11 +62,11 @@ def plot_task(cells: pd.DataFrame, task: str, x: str, folder: Path) -> list[Path
     ax.set_ylabel("accuracy (%)")
     ax.set_title(task)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # never over points
     fig.tight_layout()
     paths = [folder / f"pareto_{task}{'' if x == 'speedup' else '_' + x}.{ext}" for ext in ("png", "pdf", "svg")]
     for path in paths:
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return paths
 
