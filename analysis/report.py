@@ -194,10 +194,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     written = report_sweep(args.folder, args.formats, args.pool)
     if args.wandb:
-        from .wandb_io import log_report
-        tables = {k: written["tables"][k] for k in ("frontier_speedup", "frontier_tpf", "aup")}
-        log_report(written["paths"], tables, args.wandb, args.group, args.wandb_mode, dir=args.folder)
+        log_to_wandb(written, args.wandb, args.group, args.wandb_mode, args.folder)
     return written
+
+
+def log_to_wandb(written: dict, project: str, group: str | None, mode: str, folder: Path):
+    """The report's PNGs and frontier / AUP tables as one W&B run (job type `analysis`)."""
+    from .wandb_io import log_report
+    tables = {k: written["tables"][k] for k in ("frontier_speedup", "frontier_tpf", "aup")}
+    return log_report(written["paths"], tables, project, group, mode, dir=folder)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -14,8 +15,13 @@ class AnalyseSweep(Callback):
         if not config.get("analyse", True):
             return
         try:
-            from analysis.report import report_sweep
-            written = report_sweep(Path(config.hydra.sweep.dir))
-            log.info(f"analysis written to {config.hydra.sweep.dir}: {len(written)} files")
+            from analysis.report import log_to_wandb, report_sweep
+            folder = Path(config.hydra.sweep.dir)
+            written = report_sweep(folder)
+            log.info(f"analysis written to {folder}: {len(written['paths'])} files")
+            tracking = OmegaConf.to_container(config.tracking, resolve=True, enum_to_str=True)
+            if tracking["mode"] != "disabled":  # Pareto plots and tables beside the sweep's runs
+                project = "/".join(filter(None, (tracking["entity"], tracking["project"])))
+                log_to_wandb(written, project, config.sweep, tracking["mode"], folder)
         except Exception as err:  # the sweep's records matter more than its plots
             log.warning(f"sweep analysis failed ({type(err).__name__}: {err}); run python -m analysis.report")

@@ -134,8 +134,8 @@ def test_wandb_failure_never_fails_the_cell(tmp_path, monkeypatch):
     assert tracking.log_cell({"mode": "offline", "project": "p"}, record, [], tmp_path, "acc") is None
 
 
-def harness_cli(*args, store: Path, env=None, **popen):
-    command = [sys.executable, "-m", "harness", *args, f"store={store}", "analyse=false"]
+def harness_cli(*args, store: Path, env=None, analyse=False, **popen):
+    command = [sys.executable, "-m", "harness", *args, f"store={store}", f"analyse={str(analyse).lower()}"]
     environment = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
     return subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
@@ -153,14 +153,17 @@ GRID = ["-m", "task=arith,perm", "decoding.eotp=false,true", "task.limit=4", "ba
         "tracking=disabled"]
 
 
-def test_joblib_multirun_writes_one_record_per_cell(tmp_path):
-    run = harness_cli(*GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", store=tmp_path)
+def test_joblib_multirun_writes_one_record_per_cell_then_analyses_the_sweep(tmp_path):
+    run = harness_cli(*GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", store=tmp_path, analyse=True)
     output, _ = run.communicate(timeout=300)
     assert run.returncode == 0, output[-3000:]
     records = complete_records(tmp_path)
     assert len(records) == 4
     assert {(r["config"]["task"]["name"], r["config"]["decoding"]["eotp"]) for r in records.values()} == {
         ("arith", False), ("arith", True), ("perm", False), ("perm", True)}
+    for task in ("arith", "perm"):  # the on_multirun_end callback's report
+        assert (tmp_path / f"pareto_{task}.png").stat().st_size > 0
+    assert "perm" in (tmp_path / "tables.md").read_text()
 
 
 def test_a_killed_sweep_resumes_without_losing_or_repeating_cells(tmp_path):
