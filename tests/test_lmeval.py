@@ -126,11 +126,14 @@ def test_code_tasks_run_programs_only_with_both_opt_ins(default_model, monkeypat
 
 
 @pytest.mark.skipif(not DATA.exists(), reason="../shared/data not present")
-def test_humaneval_pipeline_scores_generated_code(default_model, monkeypatch):
+@pytest.mark.parametrize("task, shots", [("humaneval", 0), ("mbpp", 3)])
+def test_code_pipelines_score_generated_code(default_model, monkeypatch, task, shots):
     monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
-    results = evaluate(DLLM(default_model, block_length=8, gen_length=8, warmup=0), ["humaneval"], data_dir=DATA, limit=1,
+    results = evaluate(DLLM(default_model, block_length=8, gen_length=8, warmup=0), [task], data_dir=DATA, limit=1,
                        confirm_run_unsafe_code=True)
-    assert results["results"]["humaneval"]["pass@1,none"] == 0.0  # the tiny model's words are not Python
+    assert results["results"][task]["pass@1,none"] == 0.0  # the tiny model's words are not Python
+    prompt = results["samples"][task][0]["arguments"][0][0]
+    assert prompt.count("[BEGIN]") == (shots + 1 if task == "mbpp" else 0)
 
 
 def test_errors_come_before_any_model_is_loaded(no_model_load, tmp_path):

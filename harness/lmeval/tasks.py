@@ -137,9 +137,13 @@ def _mbpp(data_dir: Path | None) -> dict:
         shots = {d["task_id"]: d for d in _read_jsonl(path) if d["task_id"] in MBPP_FEWSHOT_IDS}
         config["fewshot_config"] = {"sampler": "first_n",
                                     "samples": lambda: [shots[i] | {"is_fewshot": True} for i in MBPP_FEWSHOT_IDS]}
-    else:
-        config["fewshot_config"] = {"sampler": "first_n"}
-        config["fewshot_split"] = "prompt"
+    else:  # the same three shots from the hub's prompt split
+        def hub_shots():
+            import datasets
+            prompt = datasets.load_dataset(config["dataset_path"], config["dataset_name"], split="prompt")
+            by_id = {d["task_id"]: d for d in prompt}
+            return [by_id[i] | {"is_fewshot": True} for i in MBPP_FEWSHOT_IDS]
+        config["fewshot_config"] = {"sampler": "first_n", "samples": hub_shots}
     return config
 
 
