@@ -39,3 +39,10 @@ def eos_prone(tiny):
 @pytest.fixture
 def prompts():
     return torch.randint(0, 250, (3, 10), generator=torch.Generator().manual_seed(0))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop wandb's background service if a test started one, so the session ends cleanly."""
+    import sys
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()

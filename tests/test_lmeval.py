@@ -1,6 +1,7 @@
 """lm-eval integration: the `dllm` model through real lm-eval on the embedded default, real task configs on
 the shared benchmark copies, and the one-line errors raised before any model loads."""
 import lm_eval
+import lm_eval.api.model
 import pytest
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
@@ -152,3 +153,35 @@ def test_errors_come_before_any_model_is_loaded(no_model_load, tmp_path):
         DLLM("tiny", treshold=0.5)
     with pytest.raises(ConfigError, match="multiple"):
         DLLM("tiny", gen_length=30, block_length=8)
+
+
+class AnswerKeyLM(lm_eval.api.model.LM):
+    """Answers every request from its doc: the gold GSM8K solution, or one whose final number is off by one."""
+
+    def __init__(self, perturb: bool):
+        super().__init__()
+        self.perturb = perturb
+
+    def generate_until(self, requests, disable_tqdm=False):
+        answers = []
+        for request in requests:
+            solution, final = request.doc["answer"].rsplit("#### ", 1)
+            number = int(final.replace(",", ""))
+            answers.append(f"{solution}#### {number + 1 if self.perturb else number}")
+        return answers
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data not present")
+@pytest.mark.parametrize("perturb, expected", [(False, 1.0), (True, 0.0)])
+def test_gsm8k_scorer_on_gold_and_perturbed_answers(perturb, expected):
+    tasks = build_tasks(["gsm8k"], DATA, num_fewshot=0)
+    results = lm_eval.simple_evaluate(model=AnswerKeyLM(perturb), tasks=list(tasks.values()), limit=60,
+                                      task_manager=TaskManager(include_defaults=False))
+    scores = results["results"]["gsm8k"]
+    assert scores["exact_match,strict-match"] == expected and scores["exact_match,flexible-extract"] == expected
