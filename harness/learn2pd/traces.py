@@ -38,7 +38,10 @@ class TraceSet:
     def load(cls, path: str | Path) -> TraceSet:
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["meta"])
+            metadata = f.metadata() or {}
+        if "meta" not in metadata:
+            raise ValueError(f"{path} is not a trace file (written by `python -m harness.learn2pd collect`)")
+        meta = json.loads(metadata["meta"])
         return cls(**load_file(str(path)), meta=meta)
 
 
