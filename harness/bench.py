@@ -58,8 +58,9 @@ def filter_overhead(repeats: int = 300) -> None:
     model, filter_ = load_model("tiny"), load_filter("tiny")
     canvas = torch.full((1, 56), model.mask_token_id)
     confidence = torch.rand(1, filter_.block_length)
-    forward = time_forward(model, lambda: model(canvas), repeats)
-    step = time_forward(model, lambda: filter_.block_logits(confidence), repeats)
+    with torch.no_grad():  # as in decoding
+        forward = time_forward(model, lambda: model(canvas), repeats)
+        step = time_forward(model, lambda: filter_.block_logits(confidence, 3), repeats)
     print(f"\nlearned filter: {step * 1e6:.1f} us per step = {100 * step / forward:.2f} % of one forward of the "
           f"embedded default ({forward * 1e3:.2f} ms, batch 1, 56 positions)")
 

@@ -134,3 +134,18 @@ def test_learned_needs_an_existing_filter():
         DecodeConfig(strategy="learned", filter_path="/nonexistent/filter.safetensors")
     with pytest.raises(ConfigError, match="filter_threshold must be in"):
         DecodeConfig(strategy="learned", filter_path="x", filter_threshold=0)
+
+
+@pytest.mark.parametrize("features", [("confidence",), ("confidence", "position"), ("confidence", "position", "step")])
+def test_decoding_fast_path_matches_the_trained_network(features):
+    torch.manual_seed(0)
+    filter_ = Filter(8, 16, 3, features)
+    for width, step in ((8, 0), (8, 3), (5, 2)):  # full block, later step, block cut by EoTP
+        confidence = torch.rand(4, width)
+        reference = filter_(filter_.featurize(confidence, step))[:, :width]
+        with torch.no_grad():
+            assert torch.allclose(filter_.block_logits(confidence, step), reference, atol=1e-4)
+    with torch.no_grad():  # weights updated after a decode: the folded copy is rebuilt
+        filter_.linear2.weight.add_(0.5)
+        assert torch.allclose(filter_.block_logits(confidence, 1), filter_(filter_.featurize(confidence, 1))[:, :5],
+                              atol=1e-4)

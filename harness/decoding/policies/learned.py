@@ -27,6 +27,8 @@ class Learned(Policy):
             raise ConfigError(f"filter file not found: {resolve_filter(config.filter_path)}")
 
     def select(self, state):
-        logits = self.filter.to(state.confidence.device).block_logits(state.confidence, state.step)
+        if self.filter.linear1.weight.device != state.confidence.device:
+            self.filter.to(state.confidence.device)
+        logits = self.filter.block_logits(state.confidence, state.step)
         accepted = state.masked & (logits > self.logit_threshold)
         return accepted | top_k(state.confidence, state.masked, state.quota)
