@@ -50,7 +50,9 @@ def cell_row(record: dict, path: Path) -> dict:
         "threshold": decoding.get("threshold") if strategy == "threshold" else None,
         "filter_threshold": decoding.get("filter_threshold") if strategy == "learned" else None,
         "eotp": bool(decoding.get("eotp", False)), "cache": decoding.get("cache", "none"),
-        "gen_length": decoding.get("gen_length") or speed.get("gen_length"),  # None: the task's max_gen_toks "block_length": decoding.get("block_length"),
+        # G is None in the config when each task's max_gen_toks set it; the speed record has the G used
+        "gen_length": decoding.get("gen_length") or speed.get("gen_length"),
+        "block_length": decoding.get("block_length"),
         "accuracy": pct(metrics.get("accuracy")), "accuracy_stderr": pct(metrics.get("accuracy_stderr")),
         **{k: speed.get(k) for k in ("nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90",
                                       "eotp_skipped", "tokens", "raw_tokens")},

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import harness.run  # noqa: F401  (registers the schemas)
+from analysis.collect import collect
 from harness import tracking
 from harness.run import cell_settings, run_cell
 from harness.store import config_hash
@@ -108,6 +109,10 @@ def test_a_cell_records_metrics_speed_and_speedup_then_is_skipped(tmp_path):
     assert len(baseline) == 1  # run first, because the store had no baseline for this cell
     samples = (tmp_path / "store" / "cell" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 4 and "nfe" in json.loads(samples[0])
+
+    cells = collect([tmp_path / "store"]).cells  # what the analysis reads back from the store
+    assert len(cells) == 2 and set(cells.strategy) == {"baseline", "threshold"}
+    assert (cells.gen_length == 32).all() and (cells.block_length == 8).all()  # G from the task's max_gen_toks
 
     again = run_cell(settings, tmp_path / "store" / "other", "cpu")
     assert again["path"] == str(tmp_path / "store" / "cell") and not (tmp_path / "store" / "other").exists()
