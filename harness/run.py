@@ -170,7 +170,7 @@ def _run_and_record(settings: dict, digest: str, folder: Path, device: str) -> d
         tasks = check_cell(settings)
         measured, samples = measure(settings, tasks, device)
         record.update(measured)
-        record.update(pair_with_baseline(settings, record, device))
+        record.update(pair_with_baseline(settings, record, tasks, device))
         record["status"] = "complete"
     except Exception as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -182,7 +182,7 @@ def _run_and_record(settings: dict, digest: str, folder: Path, device: str) -> d
     return record
 
 
-def pair_with_baseline(settings: dict, record: dict, device: str) -> dict:
+def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -> dict:
     """speedup = tokens/s over the plain baseline's; nfe_ratio = baseline NFE over this cell's."""
     base = baseline_settings(settings)
     base_hash = config_hash(base)
@@ -193,7 +193,7 @@ def pair_with_baseline(settings: dict, record: dict, device: str) -> dict:
         found = find_complete(store, base_hash)
         if found is None:
             log.info(f"running the baseline {base_hash} this cell is compared with")
-            measured, samples = measure(base, check_cell(base), device)
+            measured, samples = measure(base, tasks, device)  # same task: its lm-eval objects are reused
             found = {"status": "complete", "config_hash": base_hash, "config": base, **environment(), **measured,
                      "speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
             write_record(store / "baselines" / base_hash, found, samples)

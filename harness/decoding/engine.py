@@ -44,24 +44,24 @@ class Trace:
     def __len__(self) -> int:
         return self.row.numel()
 
-    def redecodes(self, tokens: Tensor, row: int) -> list[int]:
-        """For each position `row` committed: forwards it stayed masked after the model first predicted its
-        final token (Learn2PD's redundant re-decodes; 0 when committed at the first correct prediction)."""
-        tokens = tokens[row].cpu()
-        block_length = self.prediction.shape[1]
-        first_correct: dict[int, int] = {}
-        counts = []
-        for i in torch.nonzero(self.row == row).flatten().tolist():  # this row's steps, in order
-            base = int(self.block[i]) * block_length
-            for j in range(block_length):
-                position = base + j
-                if position >= tokens.numel() or not (self.masked[i, j] and self.valid[i, j]):
-                    continue
-                if position not in first_correct and self.prediction[i, j] == tokens[position]:
-                    first_correct[position] = int(self.step[i])
-                if self.committed[i, j]:
-                    counts.append(int(self.step[i]) - first_correct.get(position, int(self.step[i])))
-        return counts
+    def redecodes(self, tokens: Tensor) -> list[list[int]]:
+        """Per row, for each position it committed (in position order): the forwards it stayed masked after
+        the model first predicted its final token (Learn2PD's redundant re-decodes; 0 when committed at the
+        first correct prediction)."""
+        tokens = tokens.cpu()
+        rows, length = tokens.shape
+        position = self.block[:, None] * self.prediction.shape[1] + torch.arange(self.prediction.shape[1])
+        live = self.masked & self.valid & (position < length)
+        flat = self.row[:, None] * length + position.clamp(max=length - 1)  # index into [rows * length]
+        step = self.step[:, None].expand_as(position)
+        correct = live & (self.prediction == tokens.flatten()[flat])
+        commit = live & self.committed
+        never = torch.iinfo(torch.long).max
+        first = torch.full((rows * length,), never).scatter_reduce(0, flat[correct], step[correct], "amin")
+        done = torch.full((rows * length,), -1).scatter(0, flat[commit], step[commit])
+        counts = torch.where(first <= done, done - first, 0).view(rows, length)
+        committed = (done >= 0).view(rows, length)
+        return [counts[r][committed[r]].tolist() for r in range(rows)]
 
 
 @dataclass

@@ -22,7 +22,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from ..decoding import ConfigError, DecodeConfig, generate
+from ..decoding import POLICIES, ConfigError, DecodeConfig, generate
 from ..models import load_model
 from ..models.metered import synchronize
 
@@ -38,10 +38,14 @@ def cut_at_stop(text: str, until: list[str]) -> str:
     return text
 
 
+def count_non_eos(ids: list[int], eos_id: int) -> int:
+    return sum(t != eos_id for t in ids)
+
+
 def counted_tokens(tokenizer, text: str, eos_id: int) -> int:
     """Generated tokens counted the Fast-dLLM / Learn2PD way: the stop-truncated answer re-tokenized,
     EOS excluded."""
-    return sum(t != eos_id for t in tokenizer(text, add_special_tokens=False).input_ids)
+    return count_non_eos(tokenizer(text, add_special_tokens=False).input_ids, eos_id)
 
 
 def decode_config(fields: dict) -> tuple[DecodeConfig, int | None]:
@@ -123,11 +127,11 @@ class DLLM(LM):
                               f"max length {self.model.max_length}")
         return config
 
-    def encode(self, prompts: list[str], gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, prompts: list[list[int]], gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids; prompts longer than the model allows keep their last tokens (as lm-eval's
         HF models do)."""
         room = self.model.max_length - gen_length
-        rows = [ids[-room:] for ids in self.tokenizer(prompts).input_ids]
+        rows = [ids[-room:] for ids in prompts]
         width, pad = max(map(len, rows)), self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
@@ -145,8 +149,9 @@ class DLLM(LM):
             config = self.config_for(gen_kwargs)
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            prompts = {i: self.prompt(requests[i].args[0], requests[i].task_name) for i in indices}
-            order = sorted(indices, key=lambda i: -len(self.tokenizer(prompts[i]).input_ids))
+            texts = [self.prompt(requests[i].args[0], requests[i].task_name) for i in indices]
+            prompts = dict(zip(indices, self.tokenizer(texts).input_ids))  # tokenized once, then batched
+            order = sorted(indices, key=lambda i: -len(prompts[i]))
             if not self._warmed_up:
                 self._warm_up([prompts[order[0]]], config)
             for start in range(0, len(order), self.batch_size):
@@ -175,16 +180,16 @@ class DLLM(LM):
                                   "generate_until, loglikelihood or multiple_choice tasks")
 
     # ---------------------------------------------------------------- decoding and statistics
-    def _warm_up(self, prompts: list[str], config: DecodeConfig) -> None:
+    def _warm_up(self, prompts: list[list[int]], config: DecodeConfig) -> None:
         for _ in range(self.warmup):
             list(self._decode(prompts, config, []))
         self._warmed_up = True
 
     @torch.no_grad()
-    def _decode(self, prompts: list[str], config: DecodeConfig, until: list[str]):
+    def _decode(self, prompts: list[list[int]], config: DecodeConfig, until: list[str]):
         ids, mask = self.encode(prompts, config.gen_length)
         reference = None
-        if config.strategy == "oracle":  # the upper bound replays a baseline decode (not timed)
+        if POLICIES[config.strategy].needs_reference:  # the oracle replays a baseline decode (not timed)
             reference = generate(self.model, ids, dataclasses.replace(config, strategy="baseline"),
                                  attention_mask=mask).tokens
         synchronize(self.device)
@@ -193,19 +198,18 @@ class DLLM(LM):
         synchronize(self.device)
         seconds = time.perf_counter() - start
         eos = self.model.eos_token_id
+        redecodes = out.trace.redecodes(out.tokens) if self.trace else None
         for row, tokens in enumerate(out.tokens.tolist()):
             end = tokens.index(eos) if eos in tokens else len(tokens)
-            raw_text = self.tokenizer.decode(tokens[:end], skip_special_tokens=False)
-            text = cut_at_stop(raw_text, until)
-            counted = counted_tokens(self.tokenizer, text, eos)
-            nfe = int(out.nfe[row])
-            yield self.tokenizer.decode(self.tokenizer(text, add_special_tokens=False).input_ids,
-                                        skip_special_tokens=True), {
-                "nfe": nfe, "tokens": counted, "raw_tokens": sum(t != eos for t in tokens),
+            text = cut_at_stop(self.tokenizer.decode(tokens[:end], skip_special_tokens=False), until)
+            answer = self.tokenizer(text, add_special_tokens=False).input_ids  # re-tokenized once: count + text
+            counted, nfe = count_non_eos(answer, eos), int(out.nfe[row])
+            yield self.tokenizer.decode(answer, skip_special_tokens=True), {
+                "nfe": nfe, "tokens": counted, "raw_tokens": count_non_eos(tokens, eos),
                 "tpf": counted / max(nfe, 1), "seconds": float(out.wall_time[row]), "batch_seconds": seconds,
                 "eotp_skipped": int(out.eotp_skipped[row]), "gen_length": config.gen_length,
                 "steps_per_block": out.steps_per_block[row].tolist(),
-            } | ({"redecodes": out.trace.redecodes(out.tokens, row)} if self.trace else {})
+            } | ({"redecodes": redecodes[row]} if redecodes else {})
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of context and continuation; the context's trailing spaces move to the continuation."""
