@@ -176,7 +176,7 @@ def _run_and_record(settings: dict, digest: str, folder: Path, device: str) -> d
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
         log.error(f"cell {digest} failed: {record['error']}")
     record["timings"] = {**record.get("timings", {}), "cell": time.perf_counter() - started}
-    write_record(folder, record, samples)
+    write_record(folder, record, samples, Path(settings["store"]))
     from .tracking import log_cell
     log_cell(settings["tracking"], record, samples or [], folder, settings["task"]["metric"].split(",")[0])
     return record
@@ -196,7 +196,7 @@ def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -
             measured, samples = measure(base, tasks, device)  # same task: its lm-eval objects are reused
             found = {"status": "complete", "config_hash": base_hash, "config": base, **environment(), **measured,
                      "speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
-            write_record(store / "baselines" / base_hash, found, samples)
+            write_record(store / "baselines" / base_hash, found, samples, store)
     speed, base_speed = record["speed"], found["speed"]
     return {"speedup": speed["tokens_per_second"] / base_speed["tokens_per_second"]
             if base_speed.get("tokens_per_second") else None,

@@ -2,7 +2,9 @@
 the hash of the cell's resolved config, so a restarted sweep skips finished cells and runs no cell twice.
 
 `result.json` is written last and atomically (temporary file, then rename): a cell whose record says
-"complete" is finished; a killed cell leaves no record (or its earlier one) and runs again.
+"complete" is finished; a killed cell leaves no record (or its earlier one) and runs again. `.index/<hash>`
+points at the folder of each complete record, so finding a cell costs one file read, not a scan of the
+store; a store without an index (written by hand or by an older version) is indexed by one scan.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 # Keys that do not change what a cell measures: where it is stored, how it is tracked, re-run switches.
 UNHASHED = ("tracking", "store", "sweep", "force", "analyse")
+INDEX, BUILT = ".index", ".built"
 
 
 def config_hash(config: dict) -> str:
@@ -30,11 +33,13 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_record(folder: Path, record: dict, samples: list[dict] | None = None) -> Path:
-    """samples.jsonl first, result.json last, each atomically."""
+def write_record(folder: Path, record: dict, samples: list[dict] | None = None, store: Path | None = None) -> Path:
+    """samples.jsonl first, result.json last, each atomically; a complete record is indexed in `store`."""
     if samples is not None:
         write_atomic(folder / "samples.jsonl", "".join(json.dumps(s, default=str) + "\n" for s in samples))
     write_atomic(folder / "result.json", json.dumps(record, indent=2, default=str) + "\n")
+    if store is not None and record.get("status") == "complete":
+        index_record(Path(store), record["config_hash"], Path(folder))
     return folder / "result.json"
 
 
@@ -46,14 +51,36 @@ def read_record(path: Path) -> dict | None:
 
 
 def find_complete(store: Path, digest: str) -> dict | None:
-    """A complete record with this config hash anywhere under the store."""
+    """The complete record with this config hash in the store, if any."""
     if not store.exists():
         return None
-    for path in store.rglob("result.json"):
-        record = read_record(path)
-        if record and record.get("config_hash") == digest and record.get("status") == "complete":
-            return record | {"path": str(path.parent)}
-    return None
+    if not (store / INDEX / BUILT).exists():
+        build_index(store)
+    try:
+        folder = store / (store / INDEX / digest).read_text()
+    except OSError:
+        return None
+    record = read_record(folder / "result.json")
+    if record and record.get("config_hash") == digest and record.get("status") == "complete":
+        return record | {"path": str(folder)}
+    return None  # the record was removed or replaced since it was indexed
+
+
+def index_record(store: Path, digest: str, folder: Path) -> None:
+    """Point the hash at the folder, relative to the store so that a moved store stays valid."""
+    write_atomic(store / INDEX / digest, os.path.relpath(folder.resolve(), store.resolve()))
+
+
+def build_index(store: Path) -> None:
+    """Index every complete record under the store (one scan; under a lock so parallel jobs do it once)."""
+    with cell_lock(store, "index"):
+        if (store / INDEX / BUILT).exists():
+            return
+        for path in store.rglob("result.json"):
+            record = read_record(path)
+            if record and record.get("status") == "complete" and "config_hash" in record:
+                index_record(store, record["config_hash"], path.parent)
+        write_atomic(store / INDEX / BUILT, "")
 
 
 @contextlib.contextmanager

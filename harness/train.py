@@ -45,10 +45,11 @@ def make_model(args, tokenizer):
 
 def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Random, vary_padding=False,
             mixture=None):
-    """Endless (input_ids, key mask, answer-region length) batches drawing each problem's task from
-    `mixture` (task names; a name listed twice is drawn twice as often; default: every task once). With
-    `vary_padding` each batch's answer region ends at a random length between its longest answer + EOS and
-    gen_length, so canvases cut short by EoTP are in distribution."""
+    """Endless (input_ids, key mask, gen_length) batches drawing each problem's task from `mixture` (task
+    names; a name listed twice is drawn twice as often; default: every task once). With `vary_padding` each
+    row's answer region ends at a random length between its answer + EOS and gen_length: positions past
+    the end are hidden from attention (key mask 0) and from the loss, exactly as the engine hides what an
+    EoTP cut drops, so short canvases are in distribution."""
     names = sorted(mixture or streams)
     eos = tokenizer.eos_token_id
     while True:
@@ -57,9 +58,10 @@ def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Ra
         answers = tokenizer([p.answer for p in problems], add_special_tokens=False).input_ids
         if max(map(len, answers)) >= gen_length:
             raise ValueError(f"an answer of {max(map(len, answers))} tokens does not fit gen_length {gen_length}")
-        length = rng.randint(max(map(len, answers)) + 1, gen_length) if vary_padding else gen_length
-        gen = torch.tensor([a + [eos] * (length - len(a)) for a in answers])
-        yield torch.cat([ids, gen], 1), torch.cat([key_mask, torch.ones_like(gen)], 1), gen.shape[1]
+        gen = torch.tensor([a + [eos] * (gen_length - len(a)) for a in answers])
+        ends = [rng.randint(len(a) + 1, gen_length) if vary_padding else gen_length for a in answers]
+        region_keys = torch.arange(gen_length)[None, :] < torch.tensor(ends)[:, None]
+        yield torch.cat([ids, gen], 1), torch.cat([key_mask, region_keys.long()], 1), gen_length
 
 
 def answer_mask(ids, gen_length: int, generator, eps: float = 1e-3):
@@ -76,6 +78,7 @@ def answer_mask(ids, gen_length: int, generator, eps: float = 1e-3):
 def sft_loss(model, ids, key_mask, gen_length: int, generator):
     """LLaDA SFT loss on one batch: cross-entropy on masked answer positions, weighted by 1/t."""
     masked, t = answer_mask(ids, gen_length, generator)
+    masked &= key_mask.bool()  # positions past a row's end are not part of its canvas
     logits = model(ids.masked_fill(masked, model.mask_token_id), key_mask)
     ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
     return (ce / t[:, None].expand_as(ids)[masked]).sum() / (ids.shape[0] * gen_length)
@@ -112,7 +115,7 @@ def main(argv=None):
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vary-padding", action="store_true",
-                        help="end each batch's answer region at a random length (EoTP-robust models)")
+                        help="end each row's answer region at a random length (EoTP-robust models)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
                         help="training mixture; a task named twice is drawn twice as often")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")

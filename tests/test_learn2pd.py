@@ -149,3 +149,14 @@ def test_decoding_fast_path_matches_the_trained_network(features):
         filter_.linear2.weight.add_(0.5)
         assert torch.allclose(filter_.block_logits(confidence, 1), filter_(filter_.featurize(confidence, 1))[:, :5],
                               atol=1e-4)
+
+
+def test_collect_with_eotp_records_blocks_cut_short(tmp_path):
+    """EoTP traces (the shipped filter trains on them too) hold positions past the cut as invalid."""
+    from harness.learn2pd.__main__ import main
+    main(["collect", "--model", "tiny", "--task", "perm", "--num-prompts", "20", "--gen-length", "32",
+          "--block-length", "8", "--eotp", "--out", str(tmp_path / "perm_eotp.safetensors")])
+    traces = TraceSet.load(tmp_path / "perm_eotp.safetensors")
+    assert traces.meta["eotp"] is True and traces.meta["prompts"] == 20
+    assert not traces.valid.all() and not traces.label[~traces.valid].any()  # cut positions: no label
+    assert len(traces) < 20 * 32 // 8 * 2  # EoTP skips whole blocks of padding

@@ -98,14 +98,25 @@ def test_sft_loss_falls_on_a_micro_model():
     assert after < 0.7 * before
 
 
-def test_vary_padding_ends_answer_regions_at_random_lengths():
+def test_vary_padding_ends_each_row_at_its_own_length():
     tokenizer = build_tokenizer(vocabulary())
     streams = {name: training_stream(task, set(), seed=0) for name, task in TASKS.items()}
     data = batches(tokenizer, streams, batch_size=8, gen_length=32, rng=random.Random(0), vary_padding=True)
-    lengths = set()
+    ends = set()
     for _ in range(20):
-        ids, _, gen_length = next(data)
-        region = ids[:, -gen_length:]
-        assert (region[:, -1] == tokenizer.eos_token_id).all() and gen_length <= 32  # every answer ends in EOS
-        lengths.add(gen_length)
-    assert len(lengths) > 3
+        ids, key_mask, gen_length = next(data)
+        region, keys = ids[:, -gen_length:], key_mask[:, -gen_length:].bool()
+        row_ends = keys.sum(-1)
+        assert (keys == (torch.arange(gen_length) < row_ends[:, None])).all()  # each canvas is a prefix
+        assert (region[torch.arange(8), row_ends - 1] == tokenizer.eos_token_id).all()  # ending in EOS
+        ends |= set(row_ends.tolist())
+    assert min(ends) < 8 and len(ends) > 10  # short canvases occur, not only the batch's longest answer
+
+    # What lies past a row's end is invisible: changing it changes neither the loss nor its gradient.
+    model = make_model(argparse.Namespace(d_model=32, layers=1, heads=2, mlp=64, max_length=128, seed=0),
+                       tokenizer)
+    hidden = ~key_mask.bool()
+    hidden[:, :-gen_length] = False
+    other = ids.masked_fill(hidden, 7)
+    losses = [sft_loss(model, x, key_mask, gen_length, torch.Generator().manual_seed(0)).item() for x in (ids, other)]
+    assert hidden.any() and losses[0] == pytest.approx(losses[1], rel=1e-5)

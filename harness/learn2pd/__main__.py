@@ -45,6 +45,8 @@ def main(argv=None):
     c.add_argument("--gen-length", type=int, default=32)
     c.add_argument("--block-length", type=int, default=8)
     c.add_argument("--steps", type=int)
+    c.add_argument("--eotp", action="store_true", help="reference and rollout with EoTP, so the filter sees "
+                   "blocks cut short (train on these together with plain traces)")
     c.add_argument("--batch-size", type=int, default=50)
     c.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template")
     c.add_argument("--dtype", default="float32")
@@ -65,7 +67,8 @@ def main(argv=None):
 
     if args.command == "collect":
         from ..models import load_model
-        config = DecodeConfig(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps)
+        config = DecodeConfig(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
+                              eotp=args.eotp)
         prompts = read_prompts(args)
         model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
         if model.tokenizer is None:
