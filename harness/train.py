@@ -45,7 +45,7 @@ def make_model(args, tokenizer):
 
 def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Random, vary_padding=False,
             mixture=None):
-    """Endless (input_ids, key mask, gen_length) batches drawing each problem's task from `mixture` (task
+    """Endless (input_ids, key mask) batches, the last gen_length positions the answer region, drawing each problem's task from `mixture` (task
     names; a name listed twice is drawn twice as often; default: every task once). With `vary_padding` each
     row's answer region ends at a random length between its answer + EOS and gen_length: positions past
     the end are hidden from attention (key mask 0) and from the loss, exactly as the engine hides what an
@@ -61,7 +61,7 @@ def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Ra
         gen = torch.tensor([a + [eos] * (gen_length - len(a)) for a in answers])
         ends = [rng.randint(len(a) + 1, gen_length) if vary_padding else gen_length for a in answers]
         region_keys = torch.arange(gen_length)[None, :] < torch.tensor(ends)[:, None]
-        yield torch.cat([ids, gen], 1), torch.cat([key_mask, region_keys.long()], 1), gen_length
+        yield torch.cat([ids, gen], 1), torch.cat([key_mask, region_keys.long()], 1)
 
 
 def answer_mask(ids, gen_length: int, generator, eps: float = 1e-3):
@@ -170,8 +170,8 @@ def main(argv=None):
         start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        ids, key_mask, gen_length = next(data)
-        loss = sft_loss(model, ids, key_mask, gen_length, generator)
+        ids, key_mask = next(data)
+        loss = sft_loss(model, ids, key_mask, args.gen_length, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

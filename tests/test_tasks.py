@@ -79,8 +79,9 @@ def test_sft_loss_falls_on_a_micro_model():
     args = argparse.Namespace(d_model=32, heads=2, layers=1, mlp=64, max_length=64, seed=0)
     model = make_model(args, tokenizer)
     streams = {name: training_stream(task, set(), seed=0) for name, task in TASKS.items()}
-    data = batches(tokenizer, streams, batch_size=16, gen_length=24, rng=random.Random(0))
-    ids, key_mask, gen_length = next(data)
+    gen_length = 24
+    data = batches(tokenizer, streams, batch_size=16, gen_length=gen_length, rng=random.Random(0))
+    ids, key_mask = next(data)
     assert (ids[:, -gen_length:] != model.mask_token_id).all()
     masked, t = answer_mask(ids, gen_length, torch.Generator().manual_seed(0))
     assert not masked[:, :-gen_length].any() and masked.any()  # prompts are never masked
@@ -89,8 +90,8 @@ def test_sft_loss_falls_on_a_micro_model():
     generator = torch.Generator().manual_seed(0)
     before = sft_loss(model, ids, key_mask, gen_length, torch.Generator().manual_seed(1)).item()
     for _ in range(40):
-        batch, mask, g = next(data)
-        loss = sft_loss(model, batch, mask, g, generator)
+        batch, mask = next(data)
+        loss = sft_loss(model, batch, mask, gen_length, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -101,10 +102,11 @@ def test_sft_loss_falls_on_a_micro_model():
 def test_vary_padding_ends_each_row_at_its_own_length():
     tokenizer = build_tokenizer(vocabulary())
     streams = {name: training_stream(task, set(), seed=0) for name, task in TASKS.items()}
-    data = batches(tokenizer, streams, batch_size=8, gen_length=32, rng=random.Random(0), vary_padding=True)
+    gen_length = 32
+    data = batches(tokenizer, streams, batch_size=8, gen_length=gen_length, rng=random.Random(0), vary_padding=True)
     ends = set()
     for _ in range(20):
-        ids, key_mask, gen_length = next(data)
+        ids, key_mask = next(data)
         region, keys = ids[:, -gen_length:], key_mask[:, -gen_length:].bool()
         row_ends = keys.sum(-1)
         assert (keys == (torch.arange(gen_length) < row_ends[:, None])).all()  # each canvas is a prefix
