@@ -77,8 +77,9 @@ def answer_mask(ids, gen_length: int, generator, eps: float = 1e-3):
 
 def sft_loss(model, ids, key_mask, gen_length: int, generator):
     """LLaDA SFT loss on one batch: cross-entropy on masked answer positions, weighted by 1/t."""
-    masked, t = answer_mask(ids, gen_length, generator)
+    masked, t = answer_mask(ids, gen_length, generator)  # drawn on the CPU: the same masks on every device
     masked &= key_mask.bool()  # positions past a row's end are not part of its canvas
+    ids, key_mask, masked, t = (x.to(model.device) for x in (ids, key_mask, masked, t))
     logits = model(ids.masked_fill(masked, model.mask_token_id), key_mask)
     ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
     return (ce / t[:, None].expand_as(ids)[masked]).sum() / (ids.shape[0] * gen_length)
@@ -114,6 +115,7 @@ def main(argv=None):
     parser.add_argument("--val-problems", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (long runs: the facts task needs them)")
     parser.add_argument("--vary-padding", action="store_true",
                         help="end each row's answer region at a random length (EoTP-robust models)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
@@ -121,11 +123,13 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     parser.add_argument("--init", help="start from these weights (a LLaDA folder or 'tiny'), fresh optimizer")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     tokenizer = build_tokenizer(vocabulary())
-    model = make_model(args, tokenizer)
+    model = make_model(args, tokenizer).to(args.device)
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() == 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -143,7 +147,7 @@ def main(argv=None):
     state_file = args.out / "train_state.pt"
     step, elapsed, history = 0, 0.0, []
     if args.resume and state_file.exists():
-        state = torch.load(state_file, weights_only=False)
+        state = torch.load(state_file, weights_only=False, map_location=args.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]

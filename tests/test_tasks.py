@@ -122,3 +122,11 @@ def test_vary_padding_ends_each_row_at_its_own_length():
     other = ids.masked_fill(hidden, 7)
     losses = [sft_loss(model, x, key_mask, gen_length, torch.Generator().manual_seed(0)).item() for x in (ids, other)]
     assert hidden.any() and losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_train_refuses_a_missing_device_before_building_anything(tmp_path, capsys):
+    from harness.train import main
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err and not (tmp_path / "run").exists()
