@@ -33,12 +33,13 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_record(folder: Path, record: dict, samples: list[dict] | None = None, store: Path | None = None) -> Path:
-    """samples.jsonl first, result.json last, each atomically; a complete record is indexed in `store`."""
+def write_record(folder: Path, record: dict, samples: list[dict] | None, store: Path) -> Path:
+    """samples.jsonl first, result.json last, each atomically; a complete record is indexed in `store` (always:
+    an unindexed complete record would be invisible to `find_complete` and its cell would run again)."""
     if samples is not None:
         write_atomic(folder / "samples.jsonl", "".join(json.dumps(s, default=str) + "\n" for s in samples))
     write_atomic(folder / "result.json", json.dumps(record, indent=2, default=str) + "\n")
-    if store is not None and record.get("status") == "complete":
+    if record.get("status") == "complete":
         index_record(Path(store), record["config_hash"], Path(folder))
     return folder / "result.json"
 

@@ -45,9 +45,9 @@ def make_model(args, tokenizer):
 
 def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Random, vary_padding=False,
             mixture=None):
-    """Endless (input_ids, key mask) batches, the last gen_length positions the answer region, drawing each problem's task from `mixture` (task
-    names; a name listed twice is drawn twice as often; default: every task once). With `vary_padding` each
-    row's answer region ends at a random length between its answer + EOS and gen_length: positions past
+    """Endless (input_ids, key mask) batches whose last gen_length positions are the answer region, drawing
+    each problem's task from `mixture` (task names; a name listed twice is drawn twice as often; default:
+    every task once). With `vary_padding` each row's answer region ends at a random length between its answer + EOS and gen_length: positions past
     the end are hidden from attention (key mask 0) and from the loss, exactly as the engine hides what an
     EoTP cut drops, so short canvases are in distribution."""
     names = sorted(mixture or streams)
