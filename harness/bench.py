@@ -48,7 +48,8 @@ def forward_costs(model, ids: torch.Tensor, block_start: int, block_length: int,
 
 @torch.no_grad()
 def filter_overhead(repeats: int = 300) -> None:
-    """The learned filter's cost per step against one forward of the embedded default model (batch 1)."""
+    """The learned filter's cost per step (its token flags included) against one forward of the embedded
+    default model (batch 1)."""
     from .learn2pd.filter import load_filter, resolve_filter
     from .models import load_model
     from .models.loading import NAMED_MODELS
@@ -57,10 +58,14 @@ def filter_overhead(repeats: int = 300) -> None:
         return
     model, filter_ = load_model("tiny"), load_filter("tiny")
     canvas = torch.full((1, 56), model.mask_token_id)
-    confidence = torch.rand(1, filter_.block_length)
+    B = filter_.block_length
+    confidence, prediction = torch.rand(1, B), torch.arange(B)[None] % 3  # some tokens predicted twice
+    tokens, masked = torch.full((1, B), model.mask_token_id), torch.ones(1, B, dtype=torch.bool)
+
     with torch.no_grad():  # as in decoding
         forward = time_forward(model, lambda: model(canvas), repeats)
-        step = time_forward(model, lambda: filter_.block_logits(confidence, 3), repeats)
+        step = time_forward(model, lambda: filter_.decode_logits(confidence, 3, prediction, tokens, masked,
+                                                                 model.eos_token_id), repeats)
     print(f"\nlearned filter: {step * 1e6:.1f} us per step = {100 * step / forward:.2f} % of one forward of the "
           f"embedded default ({forward * 1e3:.2f} ms, batch 1, 56 positions)")
 

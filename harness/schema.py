@@ -45,6 +45,7 @@ class ModelSchema:
     eos_token_id: Optional[int] = None
     block_length: int = 32  # the block length decoding uses unless told otherwise
     filter: Optional[str] = None  # the Learn2PD filter `decoding=learned` uses unless told otherwise
+    filter_threshold: float = 0.96  # and its tau_f (the paper's 0.96; a shipped filter may bring its own)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class OracleSchema(DecodingSchema):
 class LearnedSchema(DecodingSchema):
     strategy: str = "learned"
     filter_path: Optional[str] = II("model.filter")  # a filter file (ours or layer_2_flan.pth) or a shipped name
-    filter_threshold: float = 0.96
+    filter_threshold: float = II("model.filter_threshold")
 
 
 @dataclass

@@ -7,6 +7,7 @@ import torch
 
 from harness.decoding import ConfigError, DecodeConfig, generate
 from harness.learn2pd import Filter, TraceSet, collect, load_filter, oracle_labels, save_filter, train_filter
+from harness.learn2pd.filter import token_flags
 from harness.models import load_model
 from harness.tasks import TASKS, held_out, vocabulary
 from harness.tasks.tokenizer import build_tokenizer
@@ -66,6 +67,8 @@ def test_collect_records_one_example_per_oracle_step(micro, tmp_path):
     assert set(traces.prompt.tolist()) == set(range(12))
     loaded = TraceSet.load(traces.save(tmp_path / "t.safetensors"))
     assert torch.equal(loaded.label, traces.label) and loaded.meta == traces.meta
+    assert torch.equal(loaded.outranked, traces.outranked) and traces.outranked.shape == (len(traces), B)
+    assert not (traces.outranked & ~traces.repeat).any()  # only a repeated token can be outranked
 
 
 def test_training_lowers_validation_bce():
@@ -107,6 +110,33 @@ def test_learned_commits_what_the_filter_accepts(tiny, prompts, accept_all):
     assert torch.equal(out.tokens[:, :B], first[:, prompts.shape[1]:prompts.shape[1] + B].argmax(-1))
 
 
+def test_learned_reads_the_blocks_tokens(tiny, prompts, tmp_path):
+    """A filter that accepts exactly the positions no other position outranks: its first step commits those."""
+    unique = Filter(block_length=B, depth=1, features=("confidence", "outranked"))
+    with torch.no_grad():
+        unique.linear1.weight.zero_()
+        unique.linear1.weight[:, B:] = -20 * torch.eye(B)
+        unique.linear1.bias.fill_(10.0)
+    path = str(save_filter(unique, tmp_path / "unique.safetensors"))
+    out = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned", filter_path=path),
+                   trace=True)
+    first = out.trace.step == 0
+    flags = token_flags(out.trace.prediction[first], out.trace.tokens[first], out.trace.confidence[first],
+                        out.trace.masked[first], tiny.eos_token_id)
+    assert flags["outranked"].any(), "the tiny model should predict some token twice in a first step"
+    assert torch.equal(out.trace.committed[first], ~flags["outranked"])
+
+
+def test_token_features_need_traces_that_carry_them(micro, tmp_path):
+    from harness.learn2pd.__main__ import main
+    prompts = [p.prompt for p in held_out(TASKS["perm"])["validation"][:4]]
+    traces = collect(micro, prompts, DecodeConfig(gen_length=G, block_length=B), batch_size=4)
+    traces.repeat = traces.outranked = None  # as written before token flags were recorded
+    old = traces.save(tmp_path / "old.safetensors")
+    with pytest.raises(SystemExit, match="needs token flags"):
+        main(["train", str(old), "--features", "confidence", "outranked", "--out", str(tmp_path / "f.safetensors")])
+
+
 def test_eotp_cuts_after_the_first_accepted_eos(prompts, tmp_path):
     eos_prone = load_model(FIXTURE)
     P = prompts.shape[1]
@@ -136,19 +166,52 @@ def test_learned_needs_an_existing_filter():
         DecodeConfig(strategy="learned", filter_path="x", filter_threshold=0)
 
 
-@pytest.mark.parametrize("features", [("confidence",), ("confidence", "position"), ("confidence", "position", "step")])
+def test_token_flags_mark_repeated_and_outranked_predictions():
+    EOS, MASK = 0, 9
+    tokens = torch.tensor([[5, MASK, MASK, MASK, MASK, EOS]])  # 5 decoded; the last position cut by EoTP
+    prediction = torch.tensor([[1, 5, 7, 7, EOS, 3]])
+    confidence = torch.tensor([[1.0, 0.9, 0.4, 0.6, 0.3, 0.0]])
+    flags = token_flags(prediction, tokens, confidence, tokens == MASK, EOS)
+    # 5 is decoded already, so its second claim is outranked; of the two 7s the more confident wins;
+    # EOS (predicted or past the cut) never counts as a repeat
+    assert flags["repeat"].tolist() == [[True, True, True, True, False, False]]
+    assert flags["outranked"].tolist() == [[False, True, True, False, False, False]]
+    on_numpy = token_flags(prediction.numpy(), tokens.numpy(), confidence.numpy(), (tokens == MASK).numpy(), EOS)
+    assert all(on_numpy[name].tolist() == flags[name].tolist() for name in flags)  # the CPU decode path
+
+
+ALL_FEATURES = ("confidence", "position", "step", "repeat", "outranked")
+
+
+@pytest.mark.parametrize("features", [("confidence",), ("confidence", "position"), ("confidence", "position", "step"),
+                                      ALL_FEATURES, ("outranked", "confidence", "step")])
 def test_decoding_fast_path_matches_the_trained_network(features):
     torch.manual_seed(0)
     filter_ = Filter(8, 16, 3, features)
+    assert filter_.reads_tokens == ("outranked" in features)
+    MASK, EOS = 50, 0
+
+    def state(width):
+        tokens = torch.where(torch.rand(4, width) < 0.6, MASK, torch.randint(0, 6, (4, width)))
+        return torch.rand(4, width), torch.randint(0, 6, (4, width)), tokens, tokens == MASK
+
+    def network(confidence, step, prediction, tokens, masked):
+        flags = token_flags(prediction, tokens, confidence, masked, EOS)
+        return filter_(filter_.featurize(confidence, step, flags))[:, :confidence.shape[1]]
+
     for width, step in ((8, 0), (8, 3), (5, 2)):  # full block, later step, block cut by EoTP
-        confidence = torch.rand(4, width)
-        reference = filter_(filter_.featurize(confidence, step))[:, :width]
+        confidence, prediction, tokens, masked = state(width)
+        reference = network(confidence, step, prediction, tokens, masked)
         with torch.no_grad():
-            assert torch.allclose(filter_.block_logits(confidence, step), reference, atol=1e-4)
+            fast = filter_.decode_logits(confidence, step, prediction, tokens, masked, EOS)
+        assert torch.allclose(fast, reference, atol=1e-4)
     with torch.no_grad():  # weights updated after a decode: the folded copy is rebuilt
         filter_.linear2.weight.add_(0.5)
-        assert torch.allclose(filter_.block_logits(confidence, 1), filter_(filter_.featurize(confidence, 1))[:, :5],
-                              atol=1e-4)
+        assert torch.allclose(filter_.decode_logits(confidence, 1, prediction, tokens, masked, EOS),
+                              network(confidence, 1, prediction, tokens, masked), atol=1e-4)
+    if filter_.reads_tokens:
+        with pytest.raises(ValueError, match="reads the block's tokens"):
+            filter_.block_logits(confidence, 1)
 
 
 def test_collect_with_eotp_records_blocks_cut_short(tmp_path):

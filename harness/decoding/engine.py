@@ -29,14 +29,15 @@ class Trace:
     """Per-step record of every row's current block, padded to block_length (for learned policies).
 
     One entry per (row, step): the block's confidences and predictions at all positions (decoded ones
-    included, in position order), which were masked before the step, which it committed, and which lie
-    inside the canvas (`valid`; False past an EoTP cut)."""
+    included, in position order), its tokens and which were masked before the step, which it committed, and
+    which lie inside the canvas (`valid`; False past an EoTP cut)."""
 
     row: Tensor
     block: Tensor
     step: Tensor
     confidence: Tensor
     prediction: Tensor
+    tokens: Tensor
     masked: Tensor
     committed: Tensor
     valid: Tensor
@@ -224,8 +225,8 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             confidence = confidence.masked_fill(~inside, 0.0)  # a cut block reads as zero-padded
             state = StepState(
                 logits=block_logits, prediction=prediction, confidence=confidence, masked=masked,
-                quota=plan[rows, step] if step < S else torch.ones_like(rows), step=step,
-                reference=None if reference is None else reference[rows, s - P:block_end - P],
+                quota=plan[rows, step] if step < S else torch.ones_like(rows), step=step, tokens=current,
+                eos_id=canvas.eos_id, reference=None if reference is None else reference[rows, s - P:block_end - P],
                 generator=generator)
             commit = policy.select(state) & masked
             canvas.x[rows, s:block_end] = torch.where(commit, policy.tokens(state), current)
@@ -263,7 +264,7 @@ def _trace_record(rows, block, step, B, state: StepState, commit, inside) -> dic
                                        (0, B - t.shape[1])).to(t.dtype)
     n = rows.numel()
     return dict(row=rows, block=torch.full((n,), block), step=torch.full((n,), step),
-                confidence=pad(state.confidence.float()), prediction=pad(state.prediction),
+                confidence=pad(state.confidence.float()), prediction=pad(state.prediction), tokens=pad(state.tokens),
                 masked=pad(state.masked), committed=pad(commit), valid=pad(inside))
 
 

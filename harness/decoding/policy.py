@@ -35,6 +35,8 @@ class StepState:
     masked: Tensor  # bool: still masked and inside the (possibly EoTP-shortened) canvas
     quota: Tensor  # [n] tokens the baseline schedule commits at this step
     step: int  # step index within the block
+    tokens: Tensor | None = None  # [n, B] the block before this step: decoded tokens, MASK, EOS past a cut
+    eos_id: int | None = None
     reference: Tensor | None = None  # [n, B] reference tokens (oracle)
     generator: torch.Generator | None = None
 

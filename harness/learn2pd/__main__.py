@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..decoding import DecodeConfig
-from .filter import FEATURES, save_filter
+from .filter import FEATURES, TOKEN_FEATURES, save_filter
 from .traces import TraceSet, collect
 from .training import train_filter
 
@@ -82,10 +82,13 @@ def main(argv=None):
         if len({s.confidence.shape[1] for s in sets}) != 1:
             raise SystemExit("trace files disagree on block_length")
         offsets = torch.tensor([0] + [s.meta["prompts"] for s in sets]).cumsum(0)
-        merged = TraceSet(*(torch.cat([getattr(s, k) for s in sets])
-                            for k in ("confidence", "label", "valid", "step")),
+        shared = [k for k in TraceSet.TENSORS if k != "prompt" and all(getattr(s, k) is not None for s in sets)]
+        merged = TraceSet(**{k: torch.cat([getattr(s, k) for s in sets]) for k in shared},
                           prompt=torch.cat([s.prompt + o for s, o in zip(sets, offsets)]),
                           meta={"sources": [s.meta for s in sets]})
+        if set(args.features) & set(TOKEN_FEATURES) and merged.repeat is None:
+            raise SystemExit(f"--features {' '.join(args.features)} needs token flags, which these trace files "
+                             "lack (collected before they were recorded): collect them again")
         model, metrics = train_filter(merged, args.depth, args.hidden, tuple(args.features), args.lr,
                                       args.iterations, args.seed)
         save_filter(model, args.out, traces=[str(p) for p in args.traces])

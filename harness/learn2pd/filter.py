@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-FEATURES = ("confidence", "position", "step")  # inputs the filter can see; the paper uses confidences only
+# Inputs the filter can see; the paper uses confidences only. `repeat` and `outranked` read the block's
+# tokens: on tasks whose answers cannot repeat a token (any-order lists), a low-confidence prediction that no
+# other position claims is usually final, and one that another position claims more confidently is not.
+FEATURES = ("confidence", "position", "step", "repeat", "outranked")
+TOKEN_FEATURES = ("repeat", "outranked")
 NAMED_FILTERS = {"tiny": Path(__file__).resolve().parents[1] / "assets" / "tiny-llada" / "filter.safetensors"}
 
 
@@ -16,10 +21,23 @@ def resolve_filter(name_or_path: str | Path) -> Path:
     return NAMED_FILTERS.get(str(name_or_path), Path(name_or_path).expanduser())
 
 
+def token_flags(prediction: Tensor, tokens: Tensor, confidence: Tensor, masked: Tensor, eos_id: int) -> dict:
+    """Per block position, over the block as it would read (decoded tokens, predictions where masked):
+    `repeat`, another position holds or predicts the same token; `outranked`, one of those is decoded or
+    strictly more confident. EOS never counts: padding repeats by design. Torch tensors or numpy arrays."""
+    where = np.where if isinstance(masked, np.ndarray) else torch.where
+    proposal = where(masked, prediction, tokens)
+    strength = where(masked, confidence, 2.0)  # a decoded token outranks any prediction
+    same = (proposal[:, :, None] == proposal[:, None, :]) & (proposal != eos_id)[:, :, None]
+    outranks = strength[:, None, :] > strength[:, :, None]  # [n, i, j]: j outranks i
+    return {"repeat": same.sum(-1) > 1, "outranked": (same & outranks).any(-1)}
+
+
 class Filter(nn.Module):
     """`depth` linear layers with ReLU between them; layer i is named `linear{i}` so the authors' released
-    `layer_2_flan.pth` (linear1: 32->32, linear2: 32->32) loads as is. Inputs: B confidences, plus B position
-    indices / one step index when those features are switched on."""
+    `layer_2_flan.pth` (linear1: 32->32, linear2: 32->32) loads as is. Inputs, in FEATURES order: B
+    confidences, plus B position indices, one step index, B `repeat` and B `outranked` flags when those
+    features are switched on."""
 
     def __init__(self, block_length: int = 32, hidden: int | None = None, depth: int = 2,
                  features: tuple[str, ...] = ("confidence",)):
@@ -27,29 +45,40 @@ class Filter(nn.Module):
         unknown = set(features) - set(FEATURES)
         if unknown or "confidence" not in features:
             raise ValueError(f"filter features must include 'confidence' and come from {FEATURES}: {features}")
-        self.block_length, self.depth, self.features = block_length, depth, tuple(features)
+        self.block_length, self.depth = block_length, depth
+        self.features = tuple(f for f in FEATURES if f in features)
+        self.reads_tokens = any(f in TOKEN_FEATURES for f in self.features)
+        self.per_position = [f for f in self.features if f not in ("position", "step")]  # vary per block
         self.hidden = hidden or block_length
-        inputs = block_length * (1 + ("position" in features)) + ("step" in features)
-        widths = [inputs] + [self.hidden] * (depth - 1) + [block_length]
+        self.columns, start = {}, 0  # feature -> its slice of the first layer's inputs
+        for name in self.features:
+            width = 1 if name == "step" else block_length
+            self.columns[name], start = slice(start, start + width), start + width
+        widths = [start] + [self.hidden] * (depth - 1) + [block_length]
         for i in range(depth):
             self.add_module(f"linear{i + 1}", nn.Linear(widths[i], widths[i + 1]))
 
-    def featurize(self, confidence: Tensor, step: int | Tensor = 0) -> Tensor:
-        """[n, width <= B] confidences -> [n, inputs]; a block shortened by EoTP is zero-padded to B."""
+    def featurize(self, confidence: Tensor, step: int | Tensor = 0, flags: dict | None = None) -> Tensor:
+        """[n, width <= B] confidences (+ `token_flags` when the filter reads tokens) -> [n, inputs]; a block
+        shortened by EoTP is zero-padded to B."""
         n, width = confidence.shape
-        padded = confidence.float()
-        if width < self.block_length:
-            padded = nn.functional.pad(padded, (0, self.block_length - width))
-        if self.features == ("confidence",):
-            return padded
-        parts = [padded]
-        if "position" in self.features:
-            parts.append(torch.arange(self.block_length, device=confidence.device).float()
-                         .div(self.block_length).expand(n, -1))
-        if "step" in self.features:
-            parts.append(torch.as_tensor(step, device=confidence.device).float().reshape(-1, 1).expand(n, 1)
-                         / self.block_length)
-        return torch.cat(parts, -1)
+        B = self.block_length
+        parts = []
+        for name in self.features:
+            if name == "position":
+                parts.append(torch.arange(B, device=confidence.device).float().div(B).expand(n, -1))
+            elif name == "step":
+                parts.append(torch.as_tensor(step, device=confidence.device).float().reshape(-1, 1).expand(n, 1) / B)
+            else:
+                parts.append(nn.functional.pad(self._per_position(name, confidence, flags).float(), (0, B - width)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+    def _per_position(self, name: str, confidence: Tensor, flags: dict | None) -> Tensor:
+        if name == "confidence":
+            return confidence.float()
+        if flags is None:
+            raise ValueError(f"this filter reads the block's tokens ({name!r}); pass token_flags(...)")
+        return flags[name]  # bool: torch.cat promotes it to float beside the confidences
 
     def forward(self, features: Tensor) -> Tensor:
         h = features
@@ -59,50 +88,71 @@ class Filter(nn.Module):
                 h = torch.relu(h)
         return h
 
-    def block_logits(self, confidence: Tensor, step: int | Tensor = 0) -> Tensor:
+    def block_logits(self, confidence: Tensor, step: int | Tensor = 0, flags: dict | None = None) -> Tensor:
         """f(c) per block position, cropped back to the block's width."""
-        if torch.is_grad_enabled() or not isinstance(step, int):
-            return self(self.featurize(confidence, step))[:, :confidence.shape[1]]
-        return self._decode_logits(confidence, step)  # (no autograd: pre-folded weights)
+        return self(self.featurize(confidence, step, flags))[:, :confidence.shape[1]]
 
-    def _decode_logits(self, confidence: Tensor, step: int) -> Tensor:
-        """The same numbers on the decoding hot path, where a step costs microseconds: weights pre-transposed,
-        the constant position inputs folded into the first bias, the step input one scaled column."""
-        params = self.__dict__.get("_params") or list(self.parameters())
-        fold = self.__dict__.get("_fold")
-        version = [p._version for p in params]
-        if fold is None or fold[0] != version or fold[1][0][0].device != params[0].device:
-            fold = self._fold_for_decoding(version)
-        _, layers, step_column = fold
-        B, width = self.block_length, confidence.shape[1]
-        h = confidence if confidence.dtype == torch.float32 else confidence.float()
-        if width < B:
-            h = nn.functional.pad(h, (0, B - width))
+    def decode_logits(self, confidence: Tensor, step: int, prediction: Tensor | None = None,
+                      tokens: Tensor | None = None, masked: Tensor | None = None, eos_id: int | None = None) -> Tensor:
+        """`block_logits` for one decoding step (token flags computed here when the filter reads tokens), with
+        the weights pre-transposed, the constant position inputs folded into the first bias and the step input
+        one scaled column. On the CPU it runs in numpy on zero-copy views: at batch 1 a step is all per-op
+        overhead, and numpy's is half of torch's."""
+        on_cpu = confidence.device.type == "cpu"
+        layers, step_column = self._folded(on_cpu)
+        inputs = [confidence.float()] + ([prediction, tokens, masked] if self.reads_tokens else [])
+        if on_cpu:
+            inputs = [t.numpy() for t in inputs]
+        parts = inputs[:1]
+        if self.reads_tokens:
+            flags = token_flags(inputs[1], inputs[2], inputs[0], inputs[3], eos_id)
+            parts += [flags[name] for name in self.per_position[1:]]
+        (n, width), B = parts[0].shape, self.block_length
+        if width == B:
+            h = (np.concatenate if on_cpu else torch.cat)(parts, -1)  # bool flags promote to float
+        else:  # an EoTP-shortened block: each feature's inputs zero-padded to B
+            h = np.zeros((n, len(parts) * B), np.float32) if on_cpu else confidence.new_zeros(n, len(parts) * B)
+            for i, part in enumerate(parts):
+                h[:, i * B:i * B + width] = part
         (weight, bias), *rest = layers
-        if step_column is not None and step:
-            bias = torch.add(bias, step_column, alpha=step)
-        h = torch.addmm(bias, h, weight)
+        h = h @ weight + (bias + step * step_column if step and step_column is not None else bias)
         for weight, bias in rest:
-            h = torch.addmm(bias, h.relu_(), weight)
-        return h if width == B else h[:, :width]
+            h = h.clip(min=0) @ weight + bias
+        h = h[:, :width]
+        return torch.from_numpy(h) if on_cpu else h
 
-    def _fold_for_decoding(self, version: list[int]) -> tuple:
+    def _folded(self, numpy: bool) -> tuple:
+        """The decoding copy of the weights (rebuilt when they change or move), as torch tensors or numpy arrays."""
+        params = self.__dict__.get("_params") or list(self.parameters())
+        key = ([p._version for p in params], params[0].device)
+        if self.__dict__.get("_fold_key") != key:
+            self.__dict__["_params"] = params
+            self.__dict__["_fold_key"], self.__dict__["_fold"] = key, self._fold_for_decoding()
+        layers, step_column = self.__dict__["_fold"]
+        if not numpy:
+            return layers, step_column
+        if "_fold_numpy" not in self.__dict__ or self.__dict__["_fold_numpy"][0] is not layers:
+            arrays = ([(w.cpu().numpy(), b.cpu().numpy()) for w, b in layers],
+                      None if step_column is None else step_column.cpu().numpy())
+            self.__dict__["_fold_numpy"] = (layers, arrays)
+        return self.__dict__["_fold_numpy"][1]
+
+    def _fold_for_decoding(self) -> tuple:
         B = self.block_length
-        self.__dict__["_params"] = list(self.parameters())
         with torch.no_grad():
             layers = [(getattr(self, f"linear{i}").weight.t().contiguous(), getattr(self, f"linear{i}").bias.clone())
                       for i in range(1, self.depth + 1)]
             first = self.linear1.weight
             if "position" in self.features:
-                layers[0][1].add_(first[:, B:2 * B] @ (torch.arange(B, device=first.device).float() / B))
-            layers[0] = (layers[0][0][:B], layers[0][1])  # confidence rows of the transposed weight
-            step_column = first[:, -1] / B if "step" in self.features else None
-        fold = (version, layers, step_column)
-        self.__dict__["_fold"] = fold
-        return fold
+                positions = torch.arange(B, device=first.device).float() / B
+                layers[0][1].add_(first[:, self.columns["position"]] @ positions)
+            rows = [layers[0][0][self.columns[name]] for name in self.per_position]
+            layers[0] = (torch.cat(rows).contiguous(), layers[0][1])  # the per-position inputs' rows
+            step_column = first[:, self.columns["step"]].squeeze(1) / B if "step" in self.features else None
+        return layers, step_column
 
-    def accept_probability(self, confidence: Tensor, step: int | Tensor = 0) -> Tensor:
-        return torch.sigmoid(self.block_logits(confidence, step))
+    def accept_probability(self, confidence: Tensor, step: int | Tensor = 0, flags: dict | None = None) -> Tensor:
+        return torch.sigmoid(self.block_logits(confidence, step, flags))
 
     def metadata(self) -> dict:
         return {"block_length": self.block_length, "hidden": self.hidden, "depth": self.depth,

@@ -13,6 +13,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..decoding import DecodeConfig, generate
+from .filter import token_flags
 
 
 @dataclass
@@ -23,6 +24,10 @@ class TraceSet:
     step: Tensor  # [N] step index within the block
     prompt: Tensor  # [N] index of the prompt the example came from
     meta: dict
+    repeat: Tensor | None = None  # [N, B] token flags (filter.token_flags); None in files from before them
+    outranked: Tensor | None = None
+
+    TENSORS = ("confidence", "label", "valid", "step", "prompt", "repeat", "outranked")
 
     def __len__(self) -> int:
         return self.confidence.shape[0]
@@ -30,7 +35,7 @@ class TraceSet:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: getattr(self, k).contiguous() for k in ("confidence", "label", "valid", "step", "prompt")}
+        tensors = {k: getattr(self, k).contiguous() for k in self.TENSORS if getattr(self, k) is not None}
         save_file(tensors, str(path), metadata={"meta": json.dumps(self.meta)})
         return path
 
@@ -43,6 +48,9 @@ class TraceSet:
             raise ValueError(f"{path} is not a trace file (written by `python -m harness.learn2pd collect`)")
         meta = json.loads(metadata["meta"])
         return cls(**load_file(str(path)), meta=meta)
+
+    def flags(self) -> dict | None:
+        return None if self.repeat is None else {"repeat": self.repeat, "outranked": self.outranked}
 
 
 def oracle_labels(trace, reference: Tensor, block_length: int) -> Tensor:
@@ -70,8 +78,10 @@ def collect(model, prompts: list[str], config: DecodeConfig, batch_size: int = 3
         out = generate(model, batch.input_ids, replace(config, strategy="oracle"),
                        attention_mask=batch.attention_mask, reference=reference, trace=True)
         trace = out.trace
+        tokens = trace.tokens.masked_fill(~trace.valid, model.eos_token_id)  # padding past a cut reads as EOS
+        flags = token_flags(trace.prediction, tokens, trace.confidence, trace.masked, model.eos_token_id)
         parts.append(dict(confidence=trace.confidence, label=oracle_labels(trace, reference, config.block_length),
-                          valid=trace.valid, step=trace.step, prompt=trace.row + start))
+                          valid=trace.valid, step=trace.step, prompt=trace.row + start, **flags))
     tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     meta = {**(meta or {}), "gen_length": config.gen_length, "block_length": config.block_length,
             "steps": config.steps or config.gen_length, "eotp": config.eotp, "cache": config.cache,

@@ -31,7 +31,10 @@ def train_filter(traces: TraceSet, depth: int = 2, hidden: int | None = None,
     torch.manual_seed(seed)
     block_length = traces.confidence.shape[1]
     model = Filter(block_length, hidden, depth, features)
-    x = model.featurize(traces.confidence, traces.step)
+    if model.reads_tokens and traces.repeat is None:
+        raise ValueError("these traces carry no token flags (collected before they were recorded); collect them "
+                         "again to train a filter with the repeat/outranked features")
+    x = model.featurize(traces.confidence, traces.step, traces.flags())
     y, valid = traces.label.float(), traces.valid
     train, val, test = split_indices(len(traces), seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)

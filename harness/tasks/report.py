@@ -1,7 +1,7 @@
 """Decoding report on the synthetic tasks: accuracy, NFE, tokens per forward and wall time per strategy,
 with the embedded default's quality bars checked against them.
 
-    python -m harness.tasks.report --model tiny --problems 200 [--filter tiny] [--dual]
+    python -m harness.tasks.report --model tiny --problems 200 [--filter tiny --filter-thresholds 0.96 0.7] [--dual]
 """
 from __future__ import annotations
 
@@ -29,12 +29,13 @@ class Cell:
     seconds: float  # wall time for all problems of the task
 
 
-def strategies(filter_path: str | None) -> dict[str, dict]:
+def strategies(filter_path: str | None, filter_thresholds=(0.96,)) -> dict[str, dict]:
     rows = {"baseline": {}, "fixed k=2": dict(steps=GEN_LENGTH // 2), "fixed k=4": dict(steps=GEN_LENGTH // 4)}
     rows |= {f"threshold {t}": dict(strategy="threshold", threshold=t) for t in THRESHOLDS}
     rows["oracle"] = dict(strategy="oracle")
     if filter_path:
-        rows["learned"] = dict(strategy="learned", filter_path=filter_path)
+        rows |= {f"learned {tau}": dict(strategy="learned", filter_path=filter_path, filter_threshold=tau)
+                 for tau in filter_thresholds}
     return rows
 
 
@@ -109,19 +110,19 @@ def quality_bar(cells, tasks, forward, decode_seconds, problems) -> list[tuple[s
     return checks
 
 
-def learned_bar(cells, tasks) -> list[tuple[str, bool, float]]:
+def learned_bar(cells, tasks, label: str) -> list[tuple[str, bool, float]]:
     checks = []
     for t in tasks:
         base = cells["baseline", False, "none", t]
-        learned = cells["learned", False, "none", t]
-        checks.append((f"{t}: learned within 1 point of baseline (loss)", base.accuracy - learned.accuracy <= 1,
+        learned = cells[label, False, "none", t]
+        checks.append((f"{t}: {label} within 1 point of baseline (loss)", base.accuracy - learned.accuracy <= 1,
                        base.accuracy - learned.accuracy))
         if TASKS[t].dependent:
             best = best_threshold_nfe(cells, t, False, "none", base.accuracy)
             oracle = cells["oracle", False, "none", t].nfe
-            checks.append((f"{t}: learned NFE below every threshold within 1 point", learned.nfe < best, learned.nfe))
+            checks.append((f"{t}: {label} NFE below every threshold within 1 point", learned.nfe < best, learned.nfe))
             closed = (best - learned.nfe) / (best - oracle) if best > oracle else float("nan")
-            checks.append((f"{t}: learned closes >= 50 % of the threshold-oracle NFE gap", closed >= 0.5, closed))
+            checks.append((f"{t}: {label} closes >= 50 % of the threshold-oracle NFE gap", closed >= 0.5, closed))
     return checks
 
 
@@ -129,6 +130,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--filter", help="a learned filter (file or 'tiny') to include")
+    parser.add_argument("--filter-thresholds", type=float, nargs="+", default=[0.96], metavar="TAU_F",
+                        help="one learned row per tau_f (default: the paper's 0.96)")
     parser.add_argument("--problems", type=int, default=200, help="held-out test problems per task")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--block-length", type=int, default=8, help="B (G is 32; the embedded default uses 8)")
@@ -138,7 +141,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     problems = {t: [vars(p) for p in held_out(TASKS[t])["test"][:args.problems]] for t in args.tasks}
-    rows = strategies(args.filter)
+    rows = strategies(args.filter, args.filter_thresholds)
     variants = [(eotp, cache) for cache in (["none", "dual"] if args.dual else ["none"]) for eotp in (False, True)]
 
     cells = run(model, problems, rows, variants, args.block_length)
@@ -150,8 +153,8 @@ def main(argv=None):
     print("cells: accuracy % / mean NFE / answer tokens per forward / wall time for the task's problems")
     print_tables(cells, rows, variants, args.tasks)
     checks = quality_bar(cells, args.tasks, forward_ms(model, first[0]["prompt"]), decode_seconds, args.problems)
-    if args.filter:
-        checks += learned_bar(cells, args.tasks)
+    for label in (r for r in rows if r.startswith("learned")):
+        checks += learned_bar(cells, args.tasks, label)
     print("\n## Bars\n")
     for name, ok, value in checks:
         print(f"- [{'x' if ok else ' '}] {name}: {value:.2f}")

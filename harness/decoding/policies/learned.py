@@ -29,6 +29,7 @@ class Learned(Policy):
     def select(self, state):
         if self.filter.linear1.weight.device != state.confidence.device:
             self.filter.to(state.confidence.device)
-        logits = self.filter.block_logits(state.confidence, state.step)
+        logits = self.filter.decode_logits(state.confidence, state.step, state.prediction, state.tokens, state.masked,
+                                           state.eos_id)
         accepted = state.masked & (logits > self.logit_threshold)
         return accepted | top_k(state.confidence, state.masked, state.quota)
