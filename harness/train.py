@@ -47,9 +47,9 @@ def batches(tokenizer, streams, batch_size: int, gen_length: int, rng: random.Ra
             mixture=None):
     """Endless (input_ids, key mask) batches whose last gen_length positions are the answer region, drawing
     each problem's task from `mixture` (task names; a name listed twice is drawn twice as often; default:
-    every task once). With `vary_padding` each row's answer region ends at a random length between its answer + EOS and gen_length: positions past
-    the end are hidden from attention (key mask 0) and from the loss, exactly as the engine hides what an
-    EoTP cut drops, so short canvases are in distribution."""
+    every task once). With `vary_padding` each row's answer region ends at a random length between its
+    answer + EOS and gen_length: positions past the end are hidden from attention (key mask 0) and from the
+    loss, exactly as the engine hides what an EoTP cut drops, so short canvases are in distribution."""
     names = sorted(mixture or streams)
     eos = tokenizer.eos_token_id
     while True:
@@ -115,7 +115,7 @@ def main(argv=None):
     parser.add_argument("--val-problems", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (long runs: the facts task needs them)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (for long runs)")
     parser.add_argument("--vary-padding", action="store_true",
                         help="end each row's answer region at a random length (EoTP-robust models)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),

@@ -98,8 +98,8 @@ class Filter(nn.Module):
         the weights pre-transposed, the constant position inputs folded into the first bias and the step input
         one scaled column. On the CPU it runs in numpy on zero-copy views: at batch 1 a step is all per-op
         overhead, and numpy's is half of torch's."""
-        on_cpu = confidence.device.type == "cpu"
-        layers, step_column = self._folded(on_cpu)
+        layers, step_column = self._folded()
+        on_cpu = confidence.device.type == "cpu"  # the policy keeps the filter on the confidences' device
         inputs = [confidence.float()] + ([prediction, tokens, masked] if self.reads_tokens else [])
         if on_cpu:
             inputs = [t.numpy() for t in inputs]
@@ -121,21 +121,15 @@ class Filter(nn.Module):
         h = h[:, :width]
         return torch.from_numpy(h) if on_cpu else h
 
-    def _folded(self, numpy: bool) -> tuple:
-        """The decoding copy of the weights (rebuilt when they change or move), as torch tensors or numpy arrays."""
+    def _folded(self) -> tuple:
+        """The decoding copy of the weights, rebuilt when they change or move: (transposed weight, bias) per
+        layer and the step column, as numpy views on the CPU, tensors elsewhere."""
         params = self.__dict__.get("_params") or list(self.parameters())
         key = ([p._version for p in params], params[0].device)
         if self.__dict__.get("_fold_key") != key:
             self.__dict__["_params"] = params
             self.__dict__["_fold_key"], self.__dict__["_fold"] = key, self._fold_for_decoding()
-        layers, step_column = self.__dict__["_fold"]
-        if not numpy:
-            return layers, step_column
-        if "_fold_numpy" not in self.__dict__ or self.__dict__["_fold_numpy"][0] is not layers:
-            arrays = ([(w.cpu().numpy(), b.cpu().numpy()) for w, b in layers],
-                      None if step_column is None else step_column.cpu().numpy())
-            self.__dict__["_fold_numpy"] = (layers, arrays)
-        return self.__dict__["_fold_numpy"][1]
+        return self.__dict__["_fold"]
 
     def _fold_for_decoding(self) -> tuple:
         B = self.block_length
@@ -149,6 +143,9 @@ class Filter(nn.Module):
             rows = [layers[0][0][self.columns[name]] for name in self.per_position]
             layers[0] = (torch.cat(rows).contiguous(), layers[0][1])  # the per-position inputs' rows
             step_column = first[:, self.columns["step"]].squeeze(1) / B if "step" in self.features else None
+        if first.device.type == "cpu":
+            layers = [(w.numpy(), b.numpy()) for w, b in layers]
+            step_column = None if step_column is None else step_column.numpy()
         return layers, step_column
 
     def accept_probability(self, confidence: Tensor, step: int | Tensor = 0, flags: dict | None = None) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..decoding import DecodeConfig, generate
-from .filter import token_flags
+from .filter import TOKEN_FEATURES, token_flags
 
 
 @dataclass
@@ -50,7 +50,7 @@ class TraceSet:
         return cls(**load_file(str(path)), meta=meta)
 
     def flags(self) -> dict | None:
-        return None if self.repeat is None else {"repeat": self.repeat, "outranked": self.outranked}
+        return None if self.repeat is None else {name: getattr(self, name) for name in TOKEN_FEATURES}
 
 
 def oracle_labels(trace, reference: Tensor, block_length: int) -> Tensor:
