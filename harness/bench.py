@@ -47,9 +47,9 @@ def forward_costs(model, ids: torch.Tensor, block_start: int, block_length: int,
 
 
 @torch.no_grad()
-def filter_overhead(repeats: int = 300) -> None:
+def filter_overhead(repeats: int = 300, batches: tuple[int, ...] = (1, 50)) -> None:
     """The learned filter's cost per step (its token flags included) against one forward of the embedded
-    default model (batch 1)."""
+    default model, at batch 1 (the paper's protocol) and at the quickstart's batch 50."""
     from .learn2pd.filter import load_filter, resolve_filter
     from .models import load_model
     from .models.loading import NAMED_MODELS
@@ -57,17 +57,20 @@ def filter_overhead(repeats: int = 300) -> None:
         print("\n(no embedded default model and filter in this checkout: filter overhead not measured)")
         return
     model, filter_ = load_model("tiny"), load_filter("tiny")
-    canvas = torch.full((1, 56), model.mask_token_id)
-    B = filter_.block_length
-    confidence, prediction = torch.rand(1, B), torch.arange(B)[None] % 3  # some tokens predicted twice
-    tokens, masked = torch.full((1, B), model.mask_token_id), torch.ones(1, B, dtype=torch.bool)
-
-    with torch.no_grad():  # as in decoding
-        forward = time_forward(model, lambda: model(canvas), repeats)
-        step = time_forward(model, lambda: filter_.decode_logits(confidence, 3, prediction, tokens, masked,
-                                                                 model.eos_token_id), repeats)
-    print(f"\nlearned filter: {step * 1e6:.1f} us per step = {100 * step / forward:.2f} % of one forward of the "
-          f"embedded default ({forward * 1e3:.2f} ms, batch 1, 56 positions)")
+    B, mask, eos = filter_.block_length, model.mask_token_id, model.eos_token_id
+    print()
+    for batch in batches:
+        canvas = torch.full((batch, 56), mask)
+        generator = torch.Generator().manual_seed(0)
+        confidence = torch.rand(batch, B, generator=generator)
+        prediction = torch.randint(0, 4, (batch, B), generator=generator)  # tokens predicted more than once
+        masked = torch.rand(batch, B, generator=generator) < 0.7
+        tokens = torch.where(masked, mask, prediction)
+        forward = time_forward(model, lambda: model(canvas), max(repeats // batch, 5))
+        step = time_forward(model, lambda: filter_.decode_logits(confidence, 3, prediction, tokens, masked, eos),
+                            repeats)
+        print(f"learned filter, batch {batch}: {step * 1e6:.1f} us per step = {100 * step / forward:.2f} % of one "
+              f"forward of the embedded default ({forward * 1e3:.2f} ms, 56 positions)")
 
 
 def main(argv=None) -> None:

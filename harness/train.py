@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .decoding import DecodeConfig
 from .models import LLaDAConfig, random_llada, save_llada
 from .tasks.evaluate import evaluate_task, left_pad
-from .tasks.synthetic import TASKS, held_out, training_stream, vocabulary
+from .tasks.synthetic import DRILLS, TASKS, get_task, held_out, training_stream, vocabulary
 from .tasks.tokenizer import build_tokenizer
 
 
@@ -118,8 +118,11 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (for long runs)")
     parser.add_argument("--vary-padding", action="store_true",
                         help="end each row's answer region at a random length (EoTP-robust models)")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
-                        help="training mixture; a task named twice is drawn twice as often")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=[*TASKS, *DRILLS],
+                        help="training mixture; a task named twice is drawn twice as often; the drills "
+                        f"{list(DRILLS)} train lookups that `facts` needs")
+    parser.add_argument("--stop-after", type=int, help="end the run after this step (writing the model); the "
+                        "learning-rate schedule still spans --steps")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     parser.add_argument("--init", help="start from these weights (a LLaDA folder or 'tiny'), fresh optimizer")
     args = parser.parse_args(argv)
@@ -153,9 +156,9 @@ def main(argv=None):
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
     args.out.mkdir(parents=True, exist_ok=True)
 
-    splits = {name: held_out(TASKS[name]) for name in dict.fromkeys(args.tasks)}
+    splits = {name: held_out(get_task(name)) for name in dict.fromkeys(args.tasks)}
     exclude = {name: {p.prompt for ps in s.values() for p in ps} for name, s in splits.items()}
-    streams = {name: training_stream(TASKS[name], exclude[name], seed=args.seed * 1_000_003 + step)
+    streams = {name: training_stream(get_task(name), exclude[name], seed=args.seed * 1_000_003 + step)
                for name in splits}
     val = {name: [vars(p) for p in s["validation"][:args.val_problems]] for name, s in splits.items()}
     val_config = DecodeConfig(gen_length=args.gen_length, block_length=args.block_length)
@@ -168,9 +171,10 @@ def main(argv=None):
                     "elapsed": elapsed, "history": history, "args": vars(args)}, state_file.with_suffix(".tmp"))
         state_file.with_suffix(".tmp").replace(state_file)
 
-    bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
+    end = min(args.steps, args.stop_after or args.steps)
+    bar = tqdm(total=end, initial=step, desc="train", dynamic_ncols=True)
     running = None
-    while step < args.steps:
+    while step < end:
         start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -185,11 +189,11 @@ def main(argv=None):
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr_at(step):.1e}")
-        if step % args.val_every == 0 or step == args.steps:
+        if step % args.val_every == 0 or step == end:
             scores = validate(model, val, val_config)
             history.append({"step": step, "minutes": elapsed / 60, "loss": running, **scores})
             bar.write(json.dumps(history[-1]))
-        if step % args.save_every == 0 or step == args.steps:
+        if step % args.save_every == 0 or step == end:
             save()
     bar.close()
     model.eval().requires_grad_(False)

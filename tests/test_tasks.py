@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.tasks import TASKS, held_out, training_stream, vocabulary, write_splits
-from harness.tasks.synthetic import code_agrees
+from harness.tasks.synthetic import DRILLS, code_agrees
 from harness.tasks.tokenizer import build_tokenizer
 from harness.train import answer_mask, batches, make_model, sft_loss
 
@@ -130,3 +130,23 @@ def test_train_refuses_a_missing_device_before_building_anything(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "run"), "--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_train_stops_after_a_step_on_the_full_schedule_and_resumes_to_its_end(tmp_path):
+    from harness.train import main
+    run = tmp_path / "run"
+    micro = ["--out", str(run), "--d-model", "32", "--layers", "1", "--heads", "2", "--mlp", "64", "--steps", "4",
+             "--gen-length", "8", "--block-length", "8", "--val-problems", "2", "--tasks", "kv", "kvrev"]
+    main(micro + ["--stop-after", "2"])
+    state = torch.load(run / "train_state.pt", weights_only=False)
+    assert state["step"] == 2 and (run / "model" / "model.safetensors").exists()
+    assert [h["step"] for h in state["history"]] == [2] and set(state["history"][0]) >= {"kv", "kvrev"}
+    main(micro + ["--resume"])
+    assert torch.load(run / "train_state.pt", weights_only=False)["step"] == 4
+
+
+def test_lookup_drills_answer_from_their_context():
+    for task in DRILLS.values():
+        problem = task.sample(random.Random(0))
+        assert problem.answer in problem.prompt.split() and task.score(vars(problem), problem.answer)
+        assert not task.score(vars(problem), "nobody")

@@ -28,9 +28,22 @@ def token_flags(prediction: Tensor, tokens: Tensor, confidence: Tensor, masked: 
     where = np.where if isinstance(masked, np.ndarray) else torch.where
     proposal = where(masked, prediction, tokens)
     strength = where(masked, confidence, 2.0)  # a decoded token outranks any prediction
-    same = (proposal[:, :, None] == proposal[:, None, :]) & (proposal != eos_id)[:, :, None]
+    same = proposal[:, :, None] == proposal[:, None, :]  # [n, i, j]: j holds or predicts i's token
+    same &= (proposal != eos_id)[:, :, None]
     outranks = strength[:, None, :] > strength[:, :, None]  # [n, i, j]: j outranks i
     return {"repeat": same.sum(-1) > 1, "outranked": (same & outranks).any(-1)}
+
+
+class _BiasPerStep(dict):
+    """The first layer's bias per step index, the step input folded in; filled as steps are met."""
+
+    def __init__(self, bias, step_column):
+        super().__init__()
+        self.bias, self.step_column = bias, step_column
+
+    def __missing__(self, step: int):
+        self[step] = bias = self.bias if self.step_column is None else self.bias + step * self.step_column
+        return bias
 
 
 class Filter(nn.Module):
@@ -95,10 +108,10 @@ class Filter(nn.Module):
     def decode_logits(self, confidence: Tensor, step: int, prediction: Tensor | None = None,
                       tokens: Tensor | None = None, masked: Tensor | None = None, eos_id: int | None = None) -> Tensor:
         """`block_logits` for one decoding step (token flags computed here when the filter reads tokens), with
-        the weights pre-transposed, the constant position inputs folded into the first bias and the step input
-        one scaled column. On the CPU it runs in numpy on zero-copy views: at batch 1 a step is all per-op
+        the weights pre-transposed and the constant position and step inputs folded into a first-layer bias per
+        step. On the CPU it runs in numpy on zero-copy views: at batch 1 a step is all per-op
         overhead, and numpy's is half of torch's."""
-        layers, step_column = self._folded()
+        layers, first_bias = self._folded()
         on_cpu = confidence.device.type == "cpu"  # the policy keeps the filter on the confidences' device
         inputs = [confidence.float()] + ([prediction, tokens, masked] if self.reads_tokens else [])
         if on_cpu:
@@ -114,16 +127,23 @@ class Filter(nn.Module):
             h = np.zeros((n, len(parts) * B), np.float32) if on_cpu else confidence.new_zeros(n, len(parts) * B)
             for i, part in enumerate(parts):
                 h[:, i * B:i * B + width] = part
-        (weight, bias), *rest = layers
-        h = h @ weight + (bias + step * step_column if step and step_column is not None else bias)
-        for weight, bias in rest:
-            h = h.clip(min=0) @ weight + bias
+        (weight, _), *rest = layers
+        h = h @ weight
+        h += first_bias[step]
+        for weight, bias in rest:  # in place: at batch 1 each allocation is a visible share of a step
+            if on_cpu:
+                np.maximum(h, 0, out=h)
+            else:
+                h.clamp_(min=0)
+            h = h @ weight
+            h += bias
         h = h[:, :width]
         return torch.from_numpy(h) if on_cpu else h
 
     def _folded(self) -> tuple:
         """The decoding copy of the weights, rebuilt when they change or move: (transposed weight, bias) per
-        layer and the step column, as numpy views on the CPU, tensors elsewhere."""
+        layer, as numpy views on the CPU, tensors elsewhere, and the first layer's bias per step index (the
+        step input folded in), filled as steps are met."""
         params = self.__dict__.get("_params") or list(self.parameters())
         key = ([p._version for p in params], params[0].device)
         if self.__dict__.get("_fold_key") != key:
@@ -146,7 +166,7 @@ class Filter(nn.Module):
         if first.device.type == "cpu":
             layers = [(w.numpy(), b.numpy()) for w, b in layers]
             step_column = None if step_column is None else step_column.numpy()
-        return layers, step_column
+        return layers, _BiasPerStep(layers[0][1], step_column)
 
     def accept_probability(self, confidence: Tensor, step: int | Tensor = 0, flags: dict | None = None) -> Tensor:
         return torch.sigmoid(self.block_logits(confidence, step, flags))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..decoding import DecodeConfig, generate
-from .synthetic import TASKS
+from .synthetic import get_task
 
 
 @dataclass
@@ -34,7 +34,7 @@ def answer_text(tokenizer, tokens: torch.Tensor, eos_id: int) -> list[str]:
 @torch.no_grad()
 def evaluate_task(model, task_name: str, problems: list[dict], config: DecodeConfig, batch_size: int = 100,
                   reference: torch.Tensor | None = None) -> TaskResult:
-    task, tokenizer = TASKS[task_name], model.tokenizer
+    task, tokenizer = get_task(task_name), model.tokenizer
     outputs, nfe, tokens = [], [], []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]

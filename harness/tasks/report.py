@@ -1,7 +1,7 @@
 """Decoding report on the synthetic tasks: accuracy, NFE, tokens per forward and wall time per strategy,
 with the embedded default's quality bars checked against them.
 
-    python -m harness.tasks.report --model tiny --problems 200 [--filter tiny --filter-thresholds 0.96 0.7] [--dual]
+    python -m harness.tasks.report --model tiny --problems 200 [--filter tiny --filter-thresholds 0.96 0.8] [--dual]
 """
 from __future__ import annotations
 

@@ -154,7 +154,43 @@ def code_agrees(reference: str, candidate: str) -> bool:
         return False
 
 
+class Lookup(Task):
+    """Training drill (not benchmarked): read one name's colour off a bare context. `facts` needs this
+    lookup, and the tiny model learns it from `facts` alone only very slowly: drilled on its own it clicks
+    after ~8,000 steps."""
+
+    name = "kv"
+
+    def sample(self, rng):
+        people = rng.sample(NAMES, 3)
+        colors = [rng.choice(COLORS) for _ in people]
+        i = rng.randrange(3)
+        context = " ".join(f"{p} {c} ." for p, c in zip(people, colors))
+        return Problem(self.name, f"qa : {context} {people[i]} ?", colors[i], {"target": colors[i]})
+
+    def score(self, problem, output):
+        return output.split() == [problem["meta"]["target"]]
+
+
+class ReverseLookup(Lookup):
+    """Training drill: who owns an object (the name sits before the key, unlike `kv`)."""
+
+    name = "kvrev"
+
+    def sample(self, rng):
+        people, objects = rng.sample(NAMES, 3), rng.sample(OBJECTS, 3)
+        i = rng.randrange(3)
+        context = " ".join(f"{p} {o} ." for p, o in zip(people, objects))
+        return Problem(self.name, f"qa : {context} who {objects[i]} ?", people[i], {"target": people[i]})
+
+
 TASKS: dict[str, Task] = {t.name: t for t in (Arith(), Facts(), Code(), Perm())}
+DRILLS: dict[str, Task] = {t.name: t for t in (Lookup(), ReverseLookup())}  # trained on, never benchmarked
+
+
+def get_task(name: str) -> Task:
+    """A benchmark task or a training drill, by name."""
+    return TASKS[name] if name in TASKS else DRILLS[name]
 SPLIT_SIZES = {"validation": 200, "test": 500, "train": 2000}
 
 
