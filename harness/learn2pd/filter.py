@@ -109,8 +109,8 @@ class Filter(nn.Module):
                       tokens: Tensor | None = None, masked: Tensor | None = None, eos_id: int | None = None) -> Tensor:
         """`block_logits` for one decoding step (token flags computed here when the filter reads tokens), with
         the weights pre-transposed and the constant position and step inputs folded into a first-layer bias per
-        step. On the CPU it runs in numpy on zero-copy views: at batch 1 a step is all per-op
-        overhead, and numpy's is half of torch's."""
+        step. On the CPU it runs in numpy on zero-copy views: at batch 1 a step is all per-op overhead, and
+        numpy's is half of torch's."""
         layers, first_bias = self._folded()
         on_cpu = confidence.device.type == "cpu"  # the policy keeps the filter on the confidences' device
         inputs = [confidence.float()] + ([prediction, tokens, masked] if self.reads_tokens else [])

@@ -191,6 +191,8 @@ DRILLS: dict[str, Task] = {t.name: t for t in (Lookup(), ReverseLookup())}  # tr
 def get_task(name: str) -> Task:
     """A benchmark task or a training drill, by name."""
     return TASKS[name] if name in TASKS else DRILLS[name]
+
+
 SPLIT_SIZES = {"validation": 200, "test": 500, "train": 2000}
 
 
