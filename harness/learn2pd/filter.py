@@ -111,7 +111,7 @@ class Filter(nn.Module):
         the weights pre-transposed and the constant position and step inputs folded into a first-layer bias per
         step. On the CPU it runs in numpy on zero-copy views: at batch 1 a step is all per-op overhead, and
         numpy's is half of torch's."""
-        layers, first_bias = self._folded()
+        first_weight, first_bias, rest = self._folded()
         on_cpu = confidence.device.type == "cpu"  # the policy keeps the filter on the confidences' device
         inputs = [confidence.float()] + ([prediction, tokens, masked] if self.reads_tokens else [])
         if on_cpu:
@@ -127,8 +127,7 @@ class Filter(nn.Module):
             h = np.zeros((n, len(parts) * B), np.float32) if on_cpu else confidence.new_zeros(n, len(parts) * B)
             for i, part in enumerate(parts):
                 h[:, i * B:i * B + width] = part
-        (weight, _), *rest = layers
-        h = h @ weight
+        h = h @ first_weight
         h += first_bias[step]
         for weight, bias in rest:  # in place: at batch 1 each allocation is a visible share of a step
             if on_cpu:
@@ -141,9 +140,9 @@ class Filter(nn.Module):
         return torch.from_numpy(h) if on_cpu else h
 
     def _folded(self) -> tuple:
-        """The decoding copy of the weights, rebuilt when they change or move: (transposed weight, bias) per
-        layer, as numpy views on the CPU, tensors elsewhere, and the first layer's bias per step index (the
-        step input folded in), filled as steps are met."""
+        """The decoding copy of the weights, rebuilt when they change or move, as numpy views on the CPU and
+        tensors elsewhere: the first layer's transposed weight over the per-position inputs, its bias per step
+        index (position and step inputs folded in), and (transposed weight, bias) for each later layer."""
         params = self.__dict__.get("_params") or list(self.parameters())
         key = ([p._version for p in params], params[0].device)
         if self.__dict__.get("_fold_key") != key:
@@ -154,19 +153,20 @@ class Filter(nn.Module):
     def _fold_for_decoding(self) -> tuple:
         B = self.block_length
         with torch.no_grad():
-            layers = [(getattr(self, f"linear{i}").weight.t().contiguous(), getattr(self, f"linear{i}").bias.clone())
-                      for i in range(1, self.depth + 1)]
             first = self.linear1.weight
+            first_weight = torch.cat([first[:, self.columns[name]] for name in self.per_position], 1).t().contiguous()
+            first_bias = self.linear1.bias.clone()
             if "position" in self.features:
                 positions = torch.arange(B, device=first.device).float() / B
-                layers[0][1].add_(first[:, self.columns["position"]] @ positions)
-            rows = [layers[0][0][self.columns[name]] for name in self.per_position]
-            layers[0] = (torch.cat(rows).contiguous(), layers[0][1])  # the per-position inputs' rows
+                first_bias += first[:, self.columns["position"]] @ positions
             step_column = first[:, self.columns["step"]].squeeze(1) / B if "step" in self.features else None
+            rest = [(getattr(self, f"linear{i}").weight.t().contiguous(), getattr(self, f"linear{i}").bias.clone())
+                    for i in range(2, self.depth + 1)]
         if first.device.type == "cpu":
-            layers = [(w.numpy(), b.numpy()) for w, b in layers]
+            first_weight, first_bias = first_weight.numpy(), first_bias.numpy()
             step_column = None if step_column is None else step_column.numpy()
-        return layers, _BiasPerStep(layers[0][1], step_column)
+            rest = [(w.numpy(), b.numpy()) for w, b in rest]
+        return first_weight, _BiasPerStep(first_bias, step_column), rest
 
     def accept_probability(self, confidence: Tensor, step: int | Tensor = 0, flags: dict | None = None) -> Tensor:
         return torch.sigmoid(self.block_logits(confidence, step, flags))
