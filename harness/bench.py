@@ -68,7 +68,7 @@ def filter_overhead(repeats: int = 300, batches: tuple[int, ...] = (1, 50)) -> N
         tokens = torch.where(masked, mask, prediction)
         forward = time_forward(model, lambda: model(canvas), max(repeats // batch, 5))
         step = time_forward(model, lambda: filter_.decode_logits(confidence, 3, prediction, tokens, masked, eos),
-                            repeats)
+                            repeats, calls_per_sample=20)
         print(f"learned filter, batch {batch}: {step * 1e6:.1f} us per step = {100 * step / forward:.2f} % of one "
               f"forward of the embedded default ({forward * 1e3:.2f} ms, 56 positions)")
 

@@ -185,9 +185,10 @@ ALL_FEATURES = ("confidence", "position", "step", "repeat", "outranked")
 
 @pytest.mark.parametrize("features", [("confidence",), ("confidence", "position"), ("confidence", "position", "step"),
                                       ALL_FEATURES, ("outranked", "confidence", "step")])
-def test_decoding_fast_path_matches_the_trained_network(features):
+@pytest.mark.parametrize("depth", [1, 2, 3])  # later layers' biases are folded into their weights
+def test_decoding_fast_path_matches_the_trained_network(features, depth):
     torch.manual_seed(0)
-    filter_ = Filter(8, 16, 3, features)
+    filter_ = Filter(8, 16, depth, features)
     assert filter_.reads_tokens == ("outranked" in features)
     MASK, EOS = 50, 0
 
@@ -206,7 +207,7 @@ def test_decoding_fast_path_matches_the_trained_network(features):
             fast = filter_.decode_logits(confidence, step, prediction, tokens, masked, EOS)
         assert torch.allclose(fast, reference, atol=1e-4)
     with torch.no_grad():  # weights updated after a decode: the folded copy is rebuilt
-        filter_.linear2.weight.add_(0.5)
+        filter_.linear1.weight.add_(0.5)
         assert torch.allclose(filter_.decode_logits(confidence, 1, prediction, tokens, masked, EOS),
                               network(confidence, 1, prediction, tokens, masked), atol=1e-4)
     if filter_.reads_tokens:

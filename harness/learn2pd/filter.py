@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -28,22 +29,47 @@ def token_flags(prediction: Tensor, tokens: Tensor, confidence: Tensor, masked: 
     where = np.where if isinstance(masked, np.ndarray) else torch.where
     proposal = where(masked, prediction, tokens)
     strength = where(masked, confidence, 2.0)  # a decoded token outranks any prediction
+    counts = proposal != eos_id
     same = proposal[:, :, None] == proposal[:, None, :]  # [n, i, j]: j holds or predicts i's token
-    same &= (proposal != eos_id)[:, :, None]
-    outranks = strength[:, None, :] > strength[:, :, None]  # [n, i, j]: j outranks i
-    return {"repeat": same.sum(-1) > 1, "outranked": (same & outranks).any(-1)}
+    repeat = (same.sum(-1) > 1) & counts
+    same &= strength[:, None, :] > strength[:, :, None]  # ... and j outranks i
+    return {"repeat": repeat, "outranked": same.any(-1) & counts}
 
 
-class _BiasPerStep(dict):
-    """The first layer's bias per step index, the step input folded in; filled as steps are met."""
+class _StepInputs(dict):
+    """(batch, step) -> [batch, 2] rows (1, step): the first layer's constant and step inputs, made once each."""
 
-    def __init__(self, bias, step_column):
+    def __init__(self, device: torch.device | None):  # None: numpy
         super().__init__()
-        self.bias, self.step_column = bias, step_column
+        self.device = device
 
-    def __missing__(self, step: int):
-        self[step] = bias = self.bias if self.step_column is None else self.bias + step * self.step_column
-        return bias
+    def __missing__(self, key: tuple[int, int]):
+        n, step = key
+        if self.device is None:
+            rows = np.broadcast_to(np.array([1.0, step], np.float32), (n, 2))
+        else:
+            rows = torch.tensor([1.0, step], device=self.device).expand(n, 2)
+        self[key] = rows
+        return rows
+
+
+class _Fold(NamedTuple):
+    """The decoding copy of a filter, so that a step is matmuls and ReLUs only: each layer's weight transposed,
+    its bias as a last input row read by a constant input of 1 (the first layer's inputs end with (1, step), each
+    hidden layer passes a unit fixed at 1 on), the constant position inputs folded into the first bias; and the
+    ops that apply them: numpy on the CPU (`np.dot` beats `@` on tiny matrices), torch elsewhere."""
+    weights: list
+    step_inputs: _StepInputs
+    on_cpu: bool
+    dot: Callable
+    relu_: Callable
+
+
+_ZERO = np.float32(0)  # np.maximum would convert a Python 0 on every call
+
+
+def _relu_numpy_(h: np.ndarray) -> None:
+    np.maximum(h, _ZERO, out=h)
 
 
 class Filter(nn.Module):
@@ -107,42 +133,37 @@ class Filter(nn.Module):
 
     def decode_logits(self, confidence: Tensor, step: int, prediction: Tensor | None = None,
                       tokens: Tensor | None = None, masked: Tensor | None = None, eos_id: int | None = None) -> Tensor:
-        """`block_logits` for one decoding step (token flags computed here when the filter reads tokens), with
-        the weights pre-transposed and the constant position and step inputs folded into a first-layer bias per
-        step. On the CPU it runs in numpy on zero-copy views: at batch 1 a step is all per-op overhead, and
-        numpy's is half of torch's."""
-        first_weight, first_bias, rest = self._folded()
-        on_cpu = confidence.device.type == "cpu"  # the policy keeps the filter on the confidences' device
-        inputs = [confidence.float()] + ([prediction, tokens, masked] if self.reads_tokens else [])
-        if on_cpu:
-            inputs = [t.numpy() for t in inputs]
-        parts = inputs[:1]
+        """`block_logits` for one decoding step (token flags computed here when the filter reads tokens), on the
+        decoding copy of the weights (`_Fold`). On the CPU it runs in numpy on zero-copy views: at batch 1 a step
+        is all per-call overhead, and numpy's is half of torch's."""
+        fold = self._folded()
+        tensors = [confidence.float(), prediction, tokens, masked] if self.reads_tokens else [confidence.float()]
+        if fold.on_cpu:
+            tensors = [t.numpy() for t in tensors]
+        features = tensors[:1]
         if self.reads_tokens:
-            flags = token_flags(inputs[1], inputs[2], inputs[0], inputs[3], eos_id)
-            parts += [flags[name] for name in self.per_position[1:]]
-        (n, width), B = parts[0].shape, self.block_length
+            flags = token_flags(tensors[1], tensors[2], tensors[0], tensors[3], eos_id)
+            features += [flags[name] for name in self.per_position[1:]]
+        (n, width), B = features[0].shape, self.block_length
+        constants = fold.step_inputs[n, step]
         if width == B:
-            h = (np.concatenate if on_cpu else torch.cat)(parts, -1)  # bool flags promote to float
+            h = (np.concatenate if fold.on_cpu else torch.cat)(features + [constants], -1)  # bools promote to float
         else:  # an EoTP-shortened block: each feature's inputs zero-padded to B
-            h = np.zeros((n, len(parts) * B), np.float32) if on_cpu else confidence.new_zeros(n, len(parts) * B)
-            for i, part in enumerate(parts):
-                h[:, i * B:i * B + width] = part
-        h = h @ first_weight
-        h += first_bias[step]
-        for weight, bias in rest:  # in place: at batch 1 each allocation is a visible share of a step
-            if on_cpu:
-                np.maximum(h, 0, out=h)
-            else:
-                h.clamp_(min=0)
-            h = h @ weight
-            h += bias
-        h = h[:, :width]
-        return torch.from_numpy(h) if on_cpu else h
+            size = (n, len(features) * B + 2)
+            h = np.zeros(size, np.float32) if fold.on_cpu else features[0].new_zeros(size)
+            for i, feature in enumerate(features):
+                h[:, i * B:i * B + width] = feature
+            h[:, -2:] = constants
+        h = fold.dot(h, fold.weights[0])
+        for weight in fold.weights[1:]:
+            fold.relu_(h)  # in place: at batch 1 each allocation is a visible share of a step
+            h = fold.dot(h, weight)
+        if width < B:
+            h = h[:, :width]
+        return torch.from_numpy(h) if fold.on_cpu else h
 
-    def _folded(self) -> tuple:
-        """The decoding copy of the weights, rebuilt when they change or move, as numpy views on the CPU and
-        tensors elsewhere: the first layer's transposed weight over the per-position inputs, its bias per step
-        index (position and step inputs folded in), and (transposed weight, bias) for each later layer."""
+    def _folded(self) -> _Fold:
+        """The decoding copy of the weights, rebuilt when they change or move."""
         params = self.__dict__.get("_params") or list(self.parameters())
         key = ([p._version for p in params], params[0].device)
         if self.__dict__.get("_fold_key") != key:
@@ -150,23 +171,25 @@ class Filter(nn.Module):
             self.__dict__["_fold_key"], self.__dict__["_fold"] = key, self._fold_for_decoding()
         return self.__dict__["_fold"]
 
-    def _fold_for_decoding(self) -> tuple:
-        B = self.block_length
+    def _fold_for_decoding(self) -> _Fold:
+        B, layers = self.block_length, [getattr(self, f"linear{i}") for i in range(1, self.depth + 1)]
         with torch.no_grad():
-            first = self.linear1.weight
-            first_weight = torch.cat([first[:, self.columns[name]] for name in self.per_position], 1).t().contiguous()
-            first_bias = self.linear1.bias.clone()
+            first = layers[0].weight
+            bias = layers[0].bias.clone()
             if "position" in self.features:
-                positions = torch.arange(B, device=first.device).float() / B
-                first_bias += first[:, self.columns["position"]] @ positions
-            step_column = first[:, self.columns["step"]].squeeze(1) / B if "step" in self.features else None
-            rest = [(getattr(self, f"linear{i}").weight.t().contiguous(), getattr(self, f"linear{i}").bias.clone())
-                    for i in range(2, self.depth + 1)]
-        if first.device.type == "cpu":
-            first_weight, first_bias = first_weight.numpy(), first_bias.numpy()
-            step_column = None if step_column is None else step_column.numpy()
-            rest = [(w.numpy(), b.numpy()) for w, b in rest]
-        return first_weight, _BiasPerStep(first_bias, step_column), rest
+                bias += first[:, self.columns["position"]] @ (torch.arange(B, device=first.device).float() / B)
+            step = first[:, self.columns["step"]].squeeze(1) / B if "step" in self.features else torch.zeros_like(bias)
+            inputs = [first[:, self.columns[name]] for name in self.per_position] + [bias[:, None], step[:, None]]
+            weights = [torch.cat(inputs, 1).t()]
+            weights += [torch.cat([layer.weight.t(), layer.bias[None]]) for layer in layers[1:]]
+            for i in range(len(weights) - 1):  # a hidden layer: one more output, fixed at 1 (ReLU keeps it)
+                unit = torch.zeros(len(weights[i]), 1, device=first.device)
+                unit[-1 if i else -2] = 1.0  # from the constant input of 1 (the first layer: before the step)
+                weights[i] = torch.cat([weights[i], unit], 1)
+        on_cpu = first.device.type == "cpu"
+        weights = [w.contiguous().numpy() if on_cpu else w.contiguous() for w in weights]
+        ops = (np.dot, _relu_numpy_) if on_cpu else (torch.matmul, torch.relu_)
+        return _Fold(weights, _StepInputs(None if on_cpu else first.device), on_cpu, *ops)
 
     def accept_probability(self, confidence: Tensor, step: int | Tensor = 0, flags: dict | None = None) -> Tensor:
         return torch.sigmoid(self.block_logits(confidence, step, flags))

@@ -12,16 +12,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_forward(model, run, repeats: int) -> float:
-    """Median seconds of `run()` over `repeats` calls after one warm-up, CUDA synchronised around each."""
+def time_forward(model, run, repeats: int, calls_per_sample: int = 1) -> float:
+    """Median seconds of one `run()` over `repeats` samples after one warm-up, CUDA synchronised around each
+    sample; a sample times `calls_per_sample` calls, so that the clock's own cost vanishes from microsecond runs."""
     run()
     device, times = model.device, []  # resolved once: `model.device` alone costs microseconds
+    calls = range(calls_per_sample)
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
-        run()
+        for _ in calls:
+            run()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start) / calls_per_sample)
     return statistics.median(times)
 
 
