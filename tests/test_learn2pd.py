@@ -1,6 +1,7 @@
 """Learn2PD: trace labels, the filter and its released-file loader, filter training, the learned policy."""
 import argparse
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -200,12 +201,15 @@ def test_decoding_fast_path_matches_the_trained_network(features, depth):
         flags = token_flags(prediction, tokens, confidence, masked, EOS)
         return filter_(filter_.featurize(confidence, step, flags))[:, :confidence.shape[1]]
 
+    torch_fold = filter_._fold_for_decoding(as_numpy=False)  # the path a GPU takes, run on the CPU
     for width, step in ((8, 0), (8, 3), (5, 2)):  # full block, later step, block cut by EoTP
         confidence, prediction, tokens, masked = state(width)
         reference = network(confidence, step, prediction, tokens, masked)
         with torch.no_grad():
             fast = filter_.decode_logits(confidence, step, prediction, tokens, masked, EOS)
-        assert torch.allclose(fast, reference, atol=1e-4)
+            with mock.patch.object(filter_, "_folded", lambda: torch_fold):
+                in_torch = filter_.decode_logits(confidence, step, prediction, tokens, masked, EOS)
+        assert torch.allclose(fast, reference, atol=1e-4) and torch.allclose(in_torch, reference, atol=1e-4)
     with torch.no_grad():  # weights updated after a decode: the folded copy is rebuilt
         filter_.linear1.weight.add_(0.5)
         assert torch.allclose(filter_.decode_logits(confidence, 1, prediction, tokens, masked, EOS),

@@ -60,7 +60,7 @@ class _Fold(NamedTuple):
     ops that apply them: numpy on the CPU (`np.dot` beats `@` on tiny matrices), torch elsewhere."""
     weights: list
     step_inputs: _StepInputs
-    on_cpu: bool
+    on_cpu: bool  # numpy arrays (the filter is on the CPU), else tensors on the filter's device
     dot: Callable
     relu_: Callable
 
@@ -168,10 +168,11 @@ class Filter(nn.Module):
         key = ([p._version for p in params], params[0].device)
         if self.__dict__.get("_fold_key") != key:
             self.__dict__["_params"] = params
-            self.__dict__["_fold_key"], self.__dict__["_fold"] = key, self._fold_for_decoding()
+            fold = self._fold_for_decoding(as_numpy=params[0].device.type == "cpu")
+            self.__dict__["_fold_key"], self.__dict__["_fold"] = key, fold
         return self.__dict__["_fold"]
 
-    def _fold_for_decoding(self) -> _Fold:
+    def _fold_for_decoding(self, as_numpy: bool) -> _Fold:
         B, layers = self.block_length, [getattr(self, f"linear{i}") for i in range(1, self.depth + 1)]
         with torch.no_grad():
             first = layers[0].weight
@@ -186,10 +187,9 @@ class Filter(nn.Module):
                 unit = torch.zeros(len(weights[i]), 1, device=first.device)
                 unit[-1 if i else -2] = 1.0  # from the constant input of 1 (the first layer: before the step)
                 weights[i] = torch.cat([weights[i], unit], 1)
-        on_cpu = first.device.type == "cpu"
-        weights = [w.contiguous().numpy() if on_cpu else w.contiguous() for w in weights]
-        ops = (np.dot, _relu_numpy_) if on_cpu else (torch.matmul, torch.relu_)
-        return _Fold(weights, _StepInputs(None if on_cpu else first.device), on_cpu, *ops)
+        weights = [w.contiguous().numpy() if as_numpy else w.contiguous() for w in weights]
+        ops = (np.dot, _relu_numpy_) if as_numpy else (torch.matmul, torch.relu_)
+        return _Fold(weights, _StepInputs(None if as_numpy else first.device), as_numpy, *ops)
 
     def accept_probability(self, confidence: Tensor, step: int | Tensor = 0, flags: dict | None = None) -> Tensor:
         return torch.sigmoid(self.block_logits(confidence, step, flags))
