@@ -29,11 +29,11 @@ def token_flags(prediction: Tensor, tokens: Tensor, confidence: Tensor, masked: 
     where = np.where if isinstance(masked, np.ndarray) else torch.where
     proposal = where(masked, prediction, tokens)
     strength = where(masked, confidence, 2.0)  # a decoded token outranks any prediction
-    counts = proposal != eos_id
+    counted = proposal != eos_id
     same = proposal[:, :, None] == proposal[:, None, :]  # [n, i, j]: j holds or predicts i's token
-    repeat = (same.sum(-1) > 1) & counts
+    repeat = (same.sum(-1) > 1) & counted
     same &= strength[:, None, :] > strength[:, :, None]  # ... and j outranks i
-    return {"repeat": repeat, "outranked": same.any(-1) & counts}
+    return {"repeat": repeat, "outranked": same.any(-1) & counted}
 
 
 class _StepInputs(dict):
@@ -60,7 +60,7 @@ class _Fold(NamedTuple):
     ops that apply them: numpy on the CPU (`np.dot` beats `@` on tiny matrices), torch elsewhere."""
     weights: list
     step_inputs: _StepInputs
-    on_cpu: bool  # numpy arrays (the filter is on the CPU), else tensors on the filter's device
+    as_numpy: bool  # numpy arrays (the filter is on the CPU), else tensors on the filter's device
     dot: Callable
     relu_: Callable
 
@@ -138,7 +138,7 @@ class Filter(nn.Module):
         is all per-call overhead, and numpy's is half of torch's."""
         fold = self._folded()
         tensors = [confidence.float(), prediction, tokens, masked] if self.reads_tokens else [confidence.float()]
-        if fold.on_cpu:
+        if fold.as_numpy:
             tensors = [t.numpy() for t in tensors]
         features = tensors[:1]
         if self.reads_tokens:
@@ -147,10 +147,10 @@ class Filter(nn.Module):
         (n, width), B = features[0].shape, self.block_length
         constants = fold.step_inputs[n, step]
         if width == B:
-            h = (np.concatenate if fold.on_cpu else torch.cat)(features + [constants], -1)  # bools promote to float
+            h = (np.concatenate if fold.as_numpy else torch.cat)(features + [constants], -1)  # bools promote to float
         else:  # an EoTP-shortened block: each feature's inputs zero-padded to B
             size = (n, len(features) * B + 2)
-            h = np.zeros(size, np.float32) if fold.on_cpu else features[0].new_zeros(size)
+            h = np.zeros(size, np.float32) if fold.as_numpy else features[0].new_zeros(size)
             for i, feature in enumerate(features):
                 h[:, i * B:i * B + width] = feature
             h[:, -2:] = constants
@@ -160,7 +160,7 @@ class Filter(nn.Module):
             h = fold.dot(h, weight)
         if width < B:
             h = h[:, :width]
-        return torch.from_numpy(h) if fold.on_cpu else h
+        return torch.from_numpy(h) if fold.as_numpy else h
 
     def _folded(self) -> _Fold:
         """The decoding copy of the weights, rebuilt when they change or move."""
