@@ -9,11 +9,14 @@ to the baseline's: the point is the cost of the machinery, not decoding quality.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from .decoding import DecodeConfig, generate
+from .learn2pd.filter import Filter, save_filter
 from .models import KVCache, LLaDAConfig, random_llada
 from .models.metered import Metered, synchronize, time_forward
 
@@ -30,6 +33,7 @@ RUNS = [  # (label, settings)
     ("factor 1.0", dict(strategy="factor", factor=1.0)),
     ("entropy_bounded 0.1", dict(strategy="entropy_bounded", gamma=0.1)),
     ("oracle", dict(strategy="oracle")),
+    ("learned 0.96", dict(strategy="learned")),  # with a random filter of the paper's shape (main)
 ]
 
 
@@ -46,6 +50,21 @@ def forward_costs(model, ids: torch.Tensor, block_start: int, block_length: int,
     }
 
 
+def time_filter_step(filter_, clock_model, batch: int, mask: int, eos: int, repeats: int) -> float:
+    """Median seconds of one decoding step of `filter_` (its token flags included) on a random block of `batch`
+    rows, on the filter's device; `clock_model` (on the same device) tells `time_forward` what to synchronise."""
+    generator = torch.Generator().manual_seed(0)
+    B = filter_.block_length
+    confidence = torch.rand(batch, B, generator=generator)
+    prediction = torch.randint(0, 4, (batch, B), generator=generator)  # tokens predicted more than once
+    masked = torch.rand(batch, B, generator=generator) < 0.7
+    tokens = torch.where(masked, mask, prediction)
+    state = [t.to(filter_.linear1.weight.device) for t in (confidence, prediction, tokens, masked)]
+    with torch.no_grad():
+        return time_forward(clock_model, lambda: filter_.decode_logits(state[0], 3, *state[1:], eos), repeats,
+                            calls_per_sample=20)
+
+
 @torch.no_grad()
 def filter_overhead(repeats: int = 300, batches: tuple[int, ...] = (1, 50)) -> None:
     """The learned filter's cost per step (its token flags included) against one forward of the embedded
@@ -57,20 +76,31 @@ def filter_overhead(repeats: int = 300, batches: tuple[int, ...] = (1, 50)) -> N
         print("\n(no embedded default model and filter in this checkout: filter overhead not measured)")
         return
     model, filter_ = load_model("tiny"), load_filter("tiny")
-    B, mask, eos = filter_.block_length, model.mask_token_id, model.eos_token_id
     print()
     for batch in batches:
-        canvas = torch.full((batch, 56), mask)
-        generator = torch.Generator().manual_seed(0)
-        confidence = torch.rand(batch, B, generator=generator)
-        prediction = torch.randint(0, 4, (batch, B), generator=generator)  # tokens predicted more than once
-        masked = torch.rand(batch, B, generator=generator) < 0.7
-        tokens = torch.where(masked, mask, prediction)
+        canvas = torch.full((batch, 56), model.mask_token_id)
         forward = time_forward(model, lambda: model(canvas), max(repeats // batch, 5))
-        step = time_forward(model, lambda: filter_.decode_logits(confidence, 3, prediction, tokens, masked, eos),
-                            repeats, calls_per_sample=20)
+        step = time_filter_step(filter_, model, batch, model.mask_token_id, model.eos_token_id, repeats)
         print(f"learned filter, batch {batch}: {step * 1e6:.1f} us per step = {100 * step / forward:.2f} % of one "
               f"forward of the embedded default ({forward * 1e3:.2f} ms, 56 positions)")
+
+
+def filter_overhead_on_device(model, costs: dict, batch: int, block_length: int, repeats: int = 100) -> None:
+    """On a GPU: the filter's step there (the torch branch) against this model's own steps, for Learn2PD's
+    2-layer filter at this block length (random weights: the cost does not depend on them) and the shipped one."""
+    from .learn2pd.filter import load_filter
+    torch.manual_seed(0)
+    filters = {f"2-layer, B {block_length} (Learn2PD's)": Filter(block_length).to(model.device).eval()}
+    try:
+        filters["shipped tiny (3 layers, B 8, token flags)"] = load_filter("tiny", device=model.device)
+    except FileNotFoundError:
+        pass
+    print()
+    for label, filter_ in filters.items():
+        step = time_filter_step(filter_, model, batch, model.mask_token_id, model.eos_token_id, repeats)
+        print(f"learned filter {label} on {model.device}, batch {batch}: {step * 1e6:.1f} us per step = "
+              f"{100 * step / costs['none']:.2f} % of a full forward, {100 * step / costs['dual']:.2f} % of a "
+              f"dual-cache step")
 
 
 def main(argv=None) -> None:
@@ -118,19 +148,27 @@ def main(argv=None) -> None:
 
     print("\n| run | NFE | wall s | ms per NFE | engine overhead (% of forward time) |\n|---|---|---|---|---|")
     reference = None
-    for label, settings in runs:
-        config = DecodeConfig(**decode, **settings)
-        model.calls, model.seconds = 0, 0.0
-        synchronize(model.device)
-        start = time.perf_counter()
-        out = generate(model, ids, config, reference=reference)
-        synchronize(model.device)
-        wall = time.perf_counter() - start
-        if label == "baseline":
-            reference = out.tokens
-        overhead = (wall - model.seconds) / model.seconds * 100
-        print(f"| {label} | {out.nfe.float().mean():.1f} | {wall:.2f} | {wall / model.calls * 1e3:.1f} | "
-              f"{overhead:.1f} % |", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        torch.manual_seed(0)  # the learned run's filter: Learn2PD's 2-layer shape at this B, random weights
+        random_filter = str(save_filter(Filter(args.block_length), Path(scratch) / "filter.safetensors"))
+        for label, settings in runs:
+            if settings["strategy"] == "learned":
+                settings = {**settings, "filter_path": random_filter}
+            config = DecodeConfig(**decode, **settings)
+            model.calls, model.seconds = 0, 0.0
+            synchronize(model.device)
+            start = time.perf_counter()
+            out = generate(model, ids, config, reference=reference)
+            synchronize(model.device)
+            wall = time.perf_counter() - start
+            if label == "baseline":
+                reference = out.tokens
+            overhead = (wall - model.seconds) / model.seconds * 100
+            print(f"| {label} | {out.nfe.float().mean():.1f} | {wall:.2f} | {wall / model.calls * 1e3:.1f} | "
+                  f"{overhead:.1f} % |", flush=True)
+    if model.device.type == "cuda":
+        filter_overhead_on_device(model, costs, args.batch, args.block_length)
+        print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated(model.device) / 2 ** 30:.1f} GiB")
     filter_overhead()
 
 
