@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from .decoding import DecodeConfig, generate
-from .learn2pd.filter import Filter, save_filter
-from .models import KVCache, LLaDAConfig, random_llada
+from .learn2pd.filter import Filter, load_filter, resolve_filter, save_filter
+from .models import KVCache, LLaDAConfig, load_model, random_llada
+from .models.loading import NAMED_MODELS
 from .models.metered import Metered, synchronize, time_forward
 
 PRESETS = {
@@ -69,9 +70,6 @@ def time_filter_step(filter_, clock_model, batch: int, mask: int, eos: int, repe
 def filter_overhead(repeats: int = 300, batches: tuple[int, ...] = (1, 50)) -> None:
     """The learned filter's cost per step (its token flags included) against one forward of the embedded
     default model, at batch 1 (the paper's protocol) and at the quickstart's batch 50."""
-    from .learn2pd.filter import load_filter, resolve_filter
-    from .models import load_model
-    from .models.loading import NAMED_MODELS
     if not (NAMED_MODELS["tiny"] / "config.json").exists() or not resolve_filter("tiny").exists():
         print("\n(no embedded default model and filter in this checkout: filter overhead not measured)")
         return
@@ -88,7 +86,6 @@ def filter_overhead(repeats: int = 300, batches: tuple[int, ...] = (1, 50)) -> N
 def filter_overhead_on_device(model, costs: dict, batch: int, block_length: int, repeats: int = 100) -> None:
     """On a GPU: the filter's step there (the torch branch) against this model's own steps, for Learn2PD's
     2-layer filter at this block length (random weights: the cost does not depend on them) and the shipped one."""
-    from .learn2pd.filter import load_filter
     torch.manual_seed(0)
     filters = {f"2-layer, B {block_length} (Learn2PD's)": Filter(block_length).to(model.device).eval()}
     try:
