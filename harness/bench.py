@@ -43,6 +43,8 @@ RUNS = [  # (label, settings)
 @torch.no_grad()
 def forward_costs(model, ids: torch.Tensor, block_start: int, block_length: int, repeats: int) -> dict:
     """Median seconds of one step: full canvas, prefix step (block + suffix), dual step (block only)."""
+    for _ in range(3):  # untimed: clocks, allocator and kernel choices settle (a GPU's first forwards run slow)
+        model(ids)
     cache = KVCache()
     model(ids, cache=cache)
     end = block_start + block_length
@@ -51,6 +53,41 @@ def forward_costs(model, ids: torch.Tensor, block_start: int, block_length: int,
         "prefix": time_forward(model, lambda: model(ids[:, block_start:], start=block_start, cache=cache), repeats),
         "dual": time_forward(model, lambda: model(ids[:, block_start:end], start=block_start, cache=cache), repeats),
     }
+
+
+@torch.no_grad()
+def gpu_breakdown(model, ids: torch.Tensor, block_start: int, block_length: int, costs: dict, repeats: int) -> None:
+    """Where a step's time goes on a GPU: kernel time and count (torch.profiler) against the eager wall time, and a
+    CUDA-graph replay of the full forward, which is what the GPU needs without Python's launch overhead."""
+    net = model.inner  # Metered synchronises inside its forward, which a graph capture forbids
+    cache = KVCache()
+    net(ids, cache=cache)
+    end = block_start + block_length
+    steps = {"none": lambda: net(ids), "dual": lambda: net(ids[:, block_start:end], start=block_start, cache=cache)}
+    print("\n| step | eager ms | GPU kernel ms | kernels | CUDA-graph replay ms |\n|---|---|---|---|---|")
+    for mode, run in steps.items():
+        run()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            for _ in range(5):
+                run()
+            torch.cuda.synchronize()
+        kernels = [e for e in profile.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        kernel_ms = sum(e.self_device_time_total for e in kernels) / 5 / 1e3
+        launched = sum(e.count for e in kernels) / 5
+        replay = "-"
+        if mode == "none":
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture requires
+                for _ in range(3):
+                    run()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                run()
+            replay = f"{time_forward(model, graph.replay, repeats) * 1e3:.1f}"
+        print(f"| {mode} | {costs[mode] * 1e3:.1f} | {kernel_ms:.1f} | {launched:.0f} | {replay} |")
 
 
 def time_filter_step(filter_, clock_model, batch: int, mask: int, eos: int, repeats: int) -> float:
@@ -166,6 +203,7 @@ def main(argv=None) -> None:
             print(f"| {label} | {out.nfe.float().mean():.1f} | {wall:.2f} | {wall / model.calls * 1e3:.1f} | "
                   f"{overhead:.1f} % |", flush=True)
     if model.device.type == "cuda":
+        gpu_breakdown(model, canvas, args.prompt_length, args.block_length, costs, args.repeats)
         filter_overhead_on_device(model, costs, args.batch, args.block_length)
         print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated(model.device) / 2 ** 30:.1f} GiB")
     filter_overhead()
