@@ -20,6 +20,19 @@ def tiny():
     return load_model(FIXTURE)
 
 
+ON_CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
+
+
+@pytest.fixture(params=["cpu", ON_CUDA])
+def tiny_on(request, tiny):
+    """The golden fixture's LLaDA on the CPU and, where torch sees one, on a CUDA device."""
+    return tiny if request.param == "cpu" else load_model(FIXTURE, device=request.param)
+
+
+def float32_tolerance(model) -> float:
+    return 1e-5 if model.device.type == "cpu" else 1e-4  # GPU kernels sum in another order
+
+
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded default: the shipped tiny LLaDA trained on the synthetic tasks."""
