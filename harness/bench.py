@@ -157,6 +157,8 @@ def main(argv=None) -> None:
     runs = [r for r in RUNS if not args.runs or r[0] in args.runs]
     if args.runs and len(runs) != len(args.runs):
         parser.error(f"unknown run label; choose from {[label for label, _ in RUNS]}")
+    if args.runs and "oracle" in args.runs and "baseline" not in args.runs:
+        parser.error("the oracle run follows the baseline's answer: add 'baseline' to --runs")
 
     shape = PRESETS[args.preset]
     vocab = shape["vocab_size"]

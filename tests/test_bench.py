@@ -1,4 +1,6 @@
 """The benchmark runs end to end on a small canvas (its figures are printed, never asserted)."""
+import pytest
+
 from harness.bench import RUNS, main
 
 
@@ -11,3 +13,9 @@ def test_bench_prints_a_row_per_run_and_the_filter_cost(capsys):
     assert rows["baseline"].split(" | ")[1] == "16.0"  # one token per step over G = 16
     assert float(rows["oracle"].split(" | ")[1]) < 16  # the baseline's own answer, in fewer forwards
     assert "learned filter, batch 1:" in out and "learned filter, batch 50:" in out
+
+
+def test_bench_refuses_an_oracle_run_without_its_baseline(capsys):
+    with pytest.raises(SystemExit):
+        main(["--runs", "oracle"])
+    assert "add 'baseline' to --runs" in capsys.readouterr().err

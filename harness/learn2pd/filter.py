@@ -60,9 +60,12 @@ class _Fold(NamedTuple):
     ops that apply them: numpy on the CPU (`np.dot` beats `@` on tiny matrices), torch elsewhere."""
     weights: list
     step_inputs: _StepInputs
-    as_numpy: bool  # numpy arrays (the filter is on the CPU), else tensors on the filter's device
     dot: Callable
     relu_: Callable
+
+    @property
+    def as_numpy(self) -> bool:  # numpy arrays (the filter is on the CPU), else tensors on the filter's device
+        return self.step_inputs.device is None
 
 
 _ZERO = np.float32(0)  # np.maximum would convert a Python 0 on every call
@@ -189,7 +192,7 @@ class Filter(nn.Module):
                 weights[i] = torch.cat([weights[i], unit], 1)
         weights = [w.contiguous().numpy() if as_numpy else w.contiguous() for w in weights]
         ops = (np.dot, _relu_numpy_) if as_numpy else (torch.matmul, torch.relu_)
-        return _Fold(weights, _StepInputs(None if as_numpy else first.device), as_numpy, *ops)
+        return _Fold(weights, _StepInputs(None if as_numpy else first.device), *ops)
 
     def accept_probability(self, confidence: Tensor, step: int | Tensor = 0, flags: dict | None = None) -> Tensor:
         return torch.sigmoid(self.block_logits(confidence, step, flags))
