@@ -8,7 +8,7 @@ beside it. The fields read (missing ones become NaN):
 
     {"status": "complete" | "failed", "error": "...", "config_hash": "...",
      "config": {"model": {"name": ...}, "task": {"name": ...},
-                "decoding": {"strategy", "threshold", "filter_threshold", "eotp", "cache",
+                "decoding": {"strategy", "threshold", "filter_threshold", "outranked_threshold", "eotp", "cache",
                              "gen_length", "block_length", ...}},
      "metrics": {"accuracy": 0-1, "accuracy_stderr": 0-1},
      "speed": {"nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped", "tokens",
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-CELL_COLUMNS = ["model", "task", "strategy", "threshold", "filter_threshold", "eotp", "cache", "gen_length",
-                "block_length", "accuracy", "accuracy_stderr", "nfe", "tpf", "tokens_per_second", "latency_p50",
-                "latency_p90", "eotp_skipped", "tokens", "raw_tokens", "speedup", "nfe_ratio", "device", "batch_size",
-                "config_hash", "path"]
+CELL_COLUMNS = ["model", "task", "strategy", "threshold", "filter_threshold", "outranked_threshold", "eotp",
+                "cache", "gen_length", "block_length", "accuracy", "accuracy_stderr", "nfe", "tpf",
+                "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped", "tokens", "raw_tokens", "speedup",
+                "nfe_ratio", "device", "batch_size", "config_hash", "path"]
 
 
 @dataclass
@@ -49,6 +49,7 @@ def cell_row(record: dict, path: Path) -> dict:
         # a knob only belongs to the strategy that reads it, so unrelated defaults do not split groups
         "threshold": decoding.get("threshold") if strategy == "threshold" else None,
         "filter_threshold": decoding.get("filter_threshold") if strategy == "learned" else None,
+        "outranked_threshold": decoding.get("outranked_threshold") if strategy == "learned" else None,
         "eotp": bool(decoding.get("eotp", False)), "cache": decoding.get("cache", "none"),
         # G is None in the config when each task's max_gen_toks set it; the speed record has the G used
         "gen_length": decoding.get("gen_length") or speed.get("gen_length"),
@@ -113,6 +114,8 @@ def method_label(row) -> str:
         name += f" τ={row['threshold']:g}"
     if pd.notna(row.get("filter_threshold")):
         name += f" τf={row['filter_threshold']:g}"
+    if pd.notna(row.get("outranked_threshold")):
+        name += f" τo={row['outranked_threshold']:g}"
     if row.get("eotp"):
         name += " +EoTP"
     if row.get("cache", "none") not in ("none", None):

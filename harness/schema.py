@@ -95,6 +95,7 @@ class LearnedSchema(DecodingSchema):
     strategy: str = "learned"
     filter_path: Optional[str] = II("model.filter")  # a filter file (ours or layer_2_flan.pth) or a shipped name
     filter_threshold: float = II("model.filter_threshold")
+    outranked_threshold: Optional[float] = None  # a stricter tau_f where another position claims the token
 
 
 @dataclass

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.aup import aup, aup_table
-from analysis.collect import collect
+from analysis.collect import collect, method_label
 from analysis.pareto import frontier_table, pareto_mask, plot_task
 from analysis.tables import FASTDLLM_TABLE1, LEARN2PD_TABLE1, render
 
@@ -50,6 +50,13 @@ def test_collect_reports_failed_and_incomplete_records(sweep):
     assert any("incomplete record" in p for p in got.problems)
     row = got.cells.set_index("config_hash").loc["3"]
     assert row.accuracy == pytest.approx(79) and math.isnan(row.threshold) and row.filter_threshold == 0.96
+
+
+def test_method_label_names_each_knob_of_its_strategy():
+    learned = {"strategy": "learned", "threshold": None, "filter_threshold": 0.75, "outranked_threshold": 0.96,
+               "eotp": True, "cache": "dual"}
+    assert method_label(learned) == "learned τf=0.75 τo=0.96 +EoTP +dual"
+    assert method_label({**learned, "outranked_threshold": float("nan")}) == "learned τf=0.75 +EoTP +dual"
 
 
 def test_pareto_on_random_points():

@@ -128,6 +128,21 @@ def test_learned_reads_the_blocks_tokens(tiny, prompts, tmp_path):
     assert torch.equal(out.trace.committed[first], ~flags["outranked"])
 
 
+def test_outranked_threshold_holds_back_positions_another_claims_more_surely(tiny, prompts, accept_all):
+    """The accept-all filter with an outranked_threshold of 1: a first step commits exactly the positions
+    whose token no other position claims more confidently (the quota pick is never outranked)."""
+    out = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned",
+                                                  filter_path=accept_all, outranked_threshold=1.0), trace=True)
+    first = out.trace.step == 0
+    flags = token_flags(out.trace.prediction[first], out.trace.tokens[first], out.trace.confidence[first],
+                        out.trace.masked[first], tiny.eos_token_id)
+    assert flags["outranked"].any(), "the tiny model should predict some token twice in a first step"
+    assert torch.equal(out.trace.committed[first], ~flags["outranked"])
+    loose = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned",
+                                                    filter_path=accept_all, outranked_threshold=0.999))
+    assert loose.nfe.tolist() == [G // B] * 3  # the filter's logit (100) passes any threshold below 1
+
+
 def test_token_features_need_traces_that_carry_them(micro, tmp_path):
     from harness.learn2pd.__main__ import main
     prompts = [p.prompt for p in held_out(TASKS["perm"])["validation"][:4]]
@@ -165,6 +180,10 @@ def test_learned_needs_an_existing_filter():
         DecodeConfig(strategy="learned", filter_path="/nonexistent/filter.safetensors")
     with pytest.raises(ConfigError, match="filter_threshold must be in"):
         DecodeConfig(strategy="learned", filter_path="x", filter_threshold=0)
+    with pytest.raises(ConfigError, match="outranked_threshold must be in"):
+        DecodeConfig(strategy="learned", filter_path="tiny", outranked_threshold=1.5)
+    with pytest.raises(ConfigError, match=r"outranked_threshold \(0.5\) below filter_threshold \(0.8\)"):
+        DecodeConfig(strategy="learned", filter_path="tiny", filter_threshold=0.8, outranked_threshold=0.5)
 
 
 def test_token_flags_mark_repeated_and_outranked_predictions():

@@ -63,6 +63,9 @@ def test_learned_takes_the_models_filter_and_its_threshold():
     llada = resolved(composed("decoding=learned", "model=llada_8b_instruct", "model.filter=flan.pth"))["decoding"]
     assert (llada["filter_path"], llada["filter_threshold"]) == ("flan.pth", 0.96)  # the paper's
     assert resolved(composed("decoding=learned", "decoding.filter_threshold=0.9"))["decoding"]["filter_threshold"] == 0.9
+    assert tiny["outranked_threshold"] is None  # the paper's rule: one tau_f for every position
+    stricter = resolved(composed("decoding=learned", "decoding.outranked_threshold=0.96"))["decoding"]
+    assert stricter["outranked_threshold"] == 0.96
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -86,6 +89,7 @@ def test_quickstart_never_crosses_a_strategy_with_anothers_knob():
 @pytest.mark.parametrize("overrides, named", [
     (["decoding=oracle", "decoding.threshold=0.5"], "threshold"),
     (["decoding=baseline", "decoding.filter_threshold=0.9"], "filter_threshold"),
+    (["decoding=threshold", "decoding.outranked_threshold=0.9"], "outranked_threshold"),
     (["decoding=greedy"], "decoding"),
     (["decoding.cache=triple"], "cache"),
     (["decoding.threshold=high", "decoding=threshold"], "threshold"),

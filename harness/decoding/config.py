@@ -24,6 +24,7 @@ class DecodeConfig:
     gamma: float = 0.1  # entropy_bounded: entropy budget of one step
     filter_path: str | None = None  # learned: a filter file, or a shipped filter's name ("tiny")
     filter_threshold: float = 0.96  # learned: commit masked positions with sigma(f(c)) > filter_threshold
+    outranked_threshold: float | None = None  # learned: a stricter tau_f where another position claims the token
     eotp: bool = False  # End-of-Text Prediction: cut the canvas once EOS is predicted
     cache: str = "none"  # none | prefix | dual (Fast-dLLM KV caches, refreshed once per block)
     seed: int = 0  # for temperature sampling and random remasking
@@ -44,9 +45,10 @@ class DecodeConfig:
             raise ConfigError(f"unknown cache {self.cache!r}; choose from {list(CACHE_MODES)}")
         if self.remasking not in REMASKING:
             raise ConfigError(f"unknown remasking {self.remasking!r}; choose from {list(REMASKING)}")
-        for name in ("threshold", "filter_threshold"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        for name in ("threshold", "filter_threshold", "outranked_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ConfigError(f"{name} must be in (0, 1], got {value}")
         if self.factor <= 0 or self.gamma < 0 or self.temperature < 0:
             raise ConfigError(f"factor must be > 0, gamma and temperature >= 0 (got factor={self.factor}, "
                               f"gamma={self.gamma}, temperature={self.temperature})")

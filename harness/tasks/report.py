@@ -34,9 +34,15 @@ def strategies(filter_path: str | None, filter_thresholds=(0.96,)) -> dict[str, 
     rows |= {f"threshold {t}": dict(strategy="threshold", threshold=t) for t in THRESHOLDS}
     rows["oracle"] = dict(strategy="oracle")
     if filter_path:
-        rows |= {f"learned {tau}": dict(strategy="learned", filter_path=filter_path, filter_threshold=tau)
+        rows |= {f"learned {tau}": dict(strategy="learned", filter_path=filter_path, **learned_thresholds(tau))
                  for tau in filter_thresholds}
     return rows
+
+
+def learned_thresholds(spec: str) -> dict:
+    """'0.8' -> tau_f 0.8; '0.75:0.96' -> tau_f 0.75 and outranked_threshold 0.96."""
+    tau_f, _, tau_o = str(spec).partition(":")
+    return dict(filter_threshold=float(tau_f), outranked_threshold=float(tau_o) if tau_o else None)
 
 
 def run(model, problems: dict[str, list[dict]], rows: dict[str, dict], variants, block_length: int) -> dict:
@@ -130,8 +136,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--filter", help="a learned filter (file or 'tiny') to include")
-    parser.add_argument("--filter-thresholds", type=float, nargs="+", default=[0.96], metavar="TAU_F",
-                        help="one learned row per tau_f (default: the paper's 0.96)")
+    parser.add_argument("--filter-thresholds", nargs="+", default=["0.96"], metavar="TAU_F[:TAU_O]",
+                        help="one learned row per tau_f (default: the paper's 0.96), with an optional "
+                             "outranked_threshold after a colon")
     parser.add_argument("--problems", type=int, default=200, help="held-out test problems per task")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--block-length", type=int, default=8, help="B (G is 32; the embedded default uses 8)")
