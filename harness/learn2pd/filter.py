@@ -134,18 +134,29 @@ class Filter(nn.Module):
         """f(c) per block position, cropped back to the block's width."""
         return self(self.featurize(confidence, step, flags))[:, :confidence.shape[1]]
 
+    def step_flags(self, prediction: Tensor, tokens: Tensor, confidence: Tensor, masked: Tensor, eos_id: int) -> dict:
+        """`token_flags` of one decoding step, in the decoding copy's arrays (numpy views on the CPU)."""
+        tensors = [prediction, tokens, confidence.float(), masked]
+        if self._folded().as_numpy:
+            tensors = [t.numpy() for t in tensors]
+        return token_flags(*tensors, eos_id)
+
     def decode_logits(self, confidence: Tensor, step: int, prediction: Tensor | None = None,
-                      tokens: Tensor | None = None, masked: Tensor | None = None, eos_id: int | None = None) -> Tensor:
-        """`block_logits` for one decoding step (token flags computed here when the filter reads tokens), on the
-        decoding copy of the weights (`_Fold`). On the CPU it runs in numpy on zero-copy views: at batch 1 a step
-        is all per-call overhead, and numpy's is half of torch's."""
+                      tokens: Tensor | None = None, masked: Tensor | None = None, eos_id: int | None = None, *,
+                      flags: dict | None = None) -> Tensor:
+        """`block_logits` for one decoding step, on the decoding copy of the weights (`_Fold`); a filter that
+        reads tokens computes the token flags here from the block, unless given the step's `step_flags`. On the
+        CPU it runs in numpy on zero-copy views: at batch 1 a step is all per-call overhead, and numpy's is half
+        of torch's."""
         fold = self._folded()
-        tensors = [confidence.float(), prediction, tokens, masked] if self.reads_tokens else [confidence.float()]
+        computes_flags = self.reads_tokens and flags is None
+        tensors = [confidence.float(), prediction, tokens, masked] if computes_flags else [confidence.float()]
         if fold.as_numpy:
             tensors = [t.numpy() for t in tensors]
         features = tensors[:1]
-        if self.reads_tokens:
+        if computes_flags:
             flags = token_flags(tensors[1], tensors[2], tensors[0], tensors[3], eos_id)
+        if self.reads_tokens:
             features += [flags[name] for name in self.per_position[1:]]
         (n, width), B = features[0].shape, self.block_length
         constants = fold.step_inputs[n, step]

@@ -1,5 +1,7 @@
 import math
 
+import torch
+
 from ..policy import ConfigError, Policy, register_policy, top_k
 
 
@@ -42,12 +44,13 @@ class Learned(Policy):
     def select(self, state):
         if self.filter.linear1.weight.device != state.confidence.device:
             self.filter.to(state.confidence.device)
-        logits = self.filter.decode_logits(state.confidence, state.step, state.prediction, state.tokens, state.masked,
+        flags = None  # with an outranked threshold: computed once here, for it and for the filter's inputs
+        if self.outranked_logit_threshold is not None:
+            flags = self.filter.step_flags(state.prediction, state.tokens, state.confidence, state.masked,
                                            state.eos_id)
+        logits = self.filter.decode_logits(state.confidence, state.step, state.prediction, state.tokens, state.masked,
+                                           state.eos_id, flags=flags)
         accepted = logits > self.logit_threshold
         if self.outranked_logit_threshold is not None:
-            from ...learn2pd.filter import token_flags
-            outranked = token_flags(state.prediction, state.tokens, state.confidence, state.masked,
-                                    state.eos_id)["outranked"]
-            accepted &= ~outranked | (logits > self.outranked_logit_threshold)
+            accepted &= ~torch.as_tensor(flags["outranked"]) | (logits > self.outranked_logit_threshold)
         return (state.masked & accepted) | top_k(state.confidence, state.masked, state.quota)
