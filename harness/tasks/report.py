@@ -45,6 +45,12 @@ def learned_thresholds(spec: str) -> dict:
     return dict(filter_threshold=float(tau_f), outranked_threshold=float(tau_o) if tau_o else None)
 
 
+def threshold_spec(spec: str) -> str:
+    """argparse type: a TAU_F[:TAU_O] that parses, checked before any decoding."""
+    learned_thresholds(spec)  # ValueError -> argparse's one-line usage error
+    return spec
+
+
 def run(model, problems: dict[str, list[dict]], rows: dict[str, dict], variants, block_length: int) -> dict:
     """(label, eotp, cache, task) -> Cell. The oracle replays the baseline decode of the same variant."""
     cells = {}
@@ -136,7 +142,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--filter", help="a learned filter (file or 'tiny') to include")
-    parser.add_argument("--filter-thresholds", nargs="+", default=["0.96"], metavar="TAU_F[:TAU_O]",
+    parser.add_argument("--filter-thresholds", nargs="+", default=["0.96"], type=threshold_spec,
+                        metavar="TAU_F[:TAU_O]",
                         help="one learned row per tau_f (default: the paper's 0.96), with an optional "
                              "outranked_threshold after a colon")
     parser.add_argument("--problems", type=int, default=200, help="held-out test problems per task")

@@ -27,8 +27,8 @@ class Learned(Policy):
             raise ConfigError(f"filter {config.filter_path} was trained for block_length "
                               f"{self.filter.block_length}, not {config.block_length}")
         self.logit_threshold = logit(config.filter_threshold)
-        self.outranked_logit_threshold = None if config.outranked_threshold is None \
-            else logit(config.outranked_threshold)
+        tau_o = config.outranked_threshold
+        self.outranked_logit_threshold = None if tau_o is None else logit(tau_o)
 
     @classmethod
     def check(cls, config):
