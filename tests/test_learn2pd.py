@@ -232,7 +232,11 @@ def test_decoding_fast_path_matches_the_trained_network(features, depth):
         if filter_.reads_tokens:  # the step's flags handed in (the outranked threshold computes them first)
             given = filter_.decode_logits(confidence, step, flags=filter_.step_flags(prediction, tokens, confidence,
                                                                                      masked, EOS))
-            assert torch.equal(given, fast)
+            with mock.patch.object(filter_, "_folded", lambda: torch_fold):
+                flags = filter_.step_flags(prediction, tokens, confidence, masked, EOS)
+                assert isinstance(flags["outranked"], torch.Tensor)
+                given_in_torch = filter_.decode_logits(confidence, step, flags=flags)
+            assert torch.equal(given, fast) and torch.equal(given_in_torch, in_torch)
     with torch.no_grad():  # weights updated after a decode: the folded copy is rebuilt
         filter_.linear1.weight.add_(0.5)
         assert torch.allclose(filter_.decode_logits(confidence, 1, prediction, tokens, masked, EOS),
