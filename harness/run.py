@@ -81,6 +81,8 @@ def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]
     from lm_eval.tasks import TaskManager
 
     from .lmeval import DLLM
+    from .lmeval.scoring import protections
+    from .lmeval.tasks import CODE_TASKS
     model_cfg, task = settings["model"], settings["task"]
     start = time.perf_counter()
     model = get_model(model_cfg, device)
@@ -102,6 +104,8 @@ def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]
     stderr = scores.get(f"{metric_name}_stderr,{metric_filter}")
     speed = results["speed"][name]
     protocol = results["speed_protocol"]
+    if name in CODE_TASKS:
+        protocol = protocol | {"sandbox": protections()}  # what the generated programs could not do
     record = {
         "metrics": {"accuracy": float(scores[metric]), "accuracy_stderr": _number(stderr),
                     "lm_eval": {k: _number(v) for k, v in scores.items() if k not in ("name", "alias")}},

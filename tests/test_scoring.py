@@ -26,7 +26,7 @@ from harness.lmeval.scoring import (
     run_programs,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .conftest import DATA
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -200,34 +200,9 @@ def test_infinite_loop_times_out():
     assert time.monotonic() - start < 3
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
-
-
-def test_timeout_kills_the_whole_process_group(tmp_path):
-    pid_file = tmp_path / "child.pid"
-    program = (
-        "import subprocess, sys\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
-        "while True: pass\n"
-    )
-    # 2 s, not 1: the program must get as far as writing the pid file even on a loaded machine.
-    assert run_program(program, timeout=2) == (False, "timed out")
-    pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 2
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid)
-
-
 def test_raising_program_reports_failure():
     assert run_program("raise ValueError('boom')") == (False, "failed: ValueError: boom")
-    assert run_program("import sys; sys.exit(3)") == (False, "failed: exit code 3")
+    assert run_program("import sys; sys.exit(3)") == (False, "failed: exit code 3 before its tests ended")
 
 
 def test_program_runs_isolated_in_a_fresh_directory():

@@ -9,22 +9,33 @@ Two families:
   back to the last ``\\boxed{}``.
 
 * Code execution (HumanEval, MBPP; pass@1). lm-eval's metrics load HF ``code_eval`` from the hub, which
-  is unavailable offline. Each program (candidate + tests) runs in its own isolated Python subprocess
-  in a throw-away directory, with a timeout that kills its whole process group; generated code is never
-  executed in this process. Like ``code_eval``, running anything requires an explicit opt-in
-  (``HF_ALLOW_CODE_EVAL=1``).
+  is unavailable offline. Each program (candidate + tests) runs in a sandbox (``sandbox_child.py``): a
+  fresh interpreter with a scrubbed environment in a throw-away directory, resource limits and, where the
+  platform allows (root on Linux), no network, its own PID and mount namespaces, private temporary folders
+  and a user of its own. A program passes only if it ran to its end (a per-run nonce, written after it
+  returned), never by its exit code; its output is read up to a cap; at the timeout, or when it ends,
+  everything it started is killed. ``protections()`` says what was active. Generated code is never executed
+  in this process. Like ``code_eval``, running anything requires an explicit opt-in (``HF_ALLOW_CODE_EVAL=1``).
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import math
 import os
 import re
+import secrets
+import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = [
@@ -35,6 +46,8 @@ __all__ = [
     "process_math_results",
     "CodeExecutionNotAllowed",
     "require_code_opt_in",
+    "LIMITS",
+    "protections",
     "run_program",
     "run_programs",
     "pass_at_1",
@@ -232,46 +245,123 @@ def require_code_opt_in() -> None:
         )
 
 
-def _kill_group(pgid: int) -> None:
+# Per-program limits. Address space is per process; with the process cap it bounds a fork bomb's memory too.
+LIMITS = {"memory_bytes": 1 << 30, "file_bytes": 16 << 20, "processes": 32, "open_files": 256}
+_STDERR_CAP = 64 * 1024  # the tail is kept: a traceback's last line says why a program failed
+_CHILD = Path(__file__).with_name("sandbox_child.py")
+# Isolated, and without site's start-up hooks (.pth files): half the start-up time, and the harness's own
+# editable install is not importable in there; the child puts site-packages on sys.path itself.
+_INTERPRETER = (sys.executable, "-I", "-S", str(_CHILD))
+_KILL = shutil.which("kill")
+
+
+def _environment(workdir: str) -> dict[str, str]:
+    """Nothing of the harness's environment (tokens, proxies, paths) reaches the program."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _settings(workdir: str, timeout: float, marker_fd: int = -1) -> dict[str, Any]:
+    # A user id of its own per run (root only): a process cap that counts only this run, and a way to kill
+    # everything the run started, wherever it hid.
+    uid = 2**20 + secrets.randbelow(2**30) if os.geteuid() == 0 and _KILL else None
+    limits = LIMITS | {"cpu_seconds": math.ceil(timeout) + 1}
+    return {"workdir": workdir, "uid": uid, "limits": limits, "marker_fd": marker_fd}
+
+
+@functools.cache
+def protections() -> dict[str, Any]:
+    """What the code sandbox enforces on this machine (probed once): recorded in a code task's protocol."""
+    with tempfile.TemporaryDirectory(prefix="harness_code_") as workdir:
+        Path(workdir, "program.py").write_text("")
+        probe = subprocess.run([*_INTERPRETER, "--probe", json.dumps(_settings(workdir, 10.0))],
+                               cwd=workdir, env=_environment(workdir), capture_output=True, text=True,
+                               timeout=60, start_new_session=True, check=False)
+    if probe.returncode != 0:
+        raise RuntimeError(f"code sandbox probe failed: {probe.stderr.strip().splitlines()[-1:]}")
+    return {"completion_marker": True, "scrubbed_environment": True, "fresh_directory": True,
+            "output_cap_bytes": _STDERR_CAP, **LIMITS, "core_dumps": False, **json.loads(probe.stdout)}
+
+
+def _end(proc: subprocess.Popen, uid: int | None) -> None:
+    """Kill the program's session and, given the user it ran as (a user of its own), every process of that user."""
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    if uid is not None:
+        subprocess.run([_KILL, "-9", "-1"], user=uid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    proc.wait()
+
+
+def _read_bounded(proc: subprocess.Popen, caps: dict[int, int], timeout: float, on_exit) -> tuple[dict, bool]:
+    """Each pipe's last ``caps[fd]`` bytes, read (the rest discarded) until the pipes close and the process has
+    ended, which calls ``on_exit()`` at once (it kills any leftover holding the pipes); True if time ran out."""
+    tails = {fd: bytearray() for fd in caps}
+    deadline = time.monotonic() + timeout
+    exited = os.pidfd_open(proc.pid)  # readable once the process has ended
+    waiting = {*caps, exited}
+    with selectors.DefaultSelector() as selector:
+        for fd in waiting:
+            selector.register(fd, selectors.EVENT_READ)
+        try:
+            while waiting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return tails, True
+                for key, _ in selector.select(remaining):
+                    data = b"" if key.fd == exited else os.read(key.fd, 65536)
+                    if not data:
+                        selector.unregister(key.fd)
+                        waiting.discard(key.fd)
+                        if key.fd == exited:
+                            on_exit()
+                        continue
+                    tails[key.fd] += data
+                    del tails[key.fd][: -caps[key.fd]]
+        finally:
+            os.close(exited)
+    return tails, False
 
 
 def run_program(program: str, timeout: float = 10.0) -> tuple[bool, str]:
-    """Run ``program`` in an isolated interpreter; (passed, "passed" | "failed: <why>" | "timed out").
+    """Run ``program`` in the sandbox; (passed, "passed" | "failed: <why>" | "timed out").
 
-    The process gets its own session so that a timeout (or leftovers after it exits) can be killed
-    together with anything it spawned.
+    Passed means the program ran to its end: the sandbox wrote the run's nonce after the program returned.
+    The exit code alone never counts.
     """
+    nonce = secrets.token_hex(16).encode()
     with tempfile.TemporaryDirectory(prefix="harness_code_") as workdir:
-        path = os.path.join(workdir, "program.py")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(program)
-        proc = subprocess.Popen(
-            [sys.executable, "-I", path],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        Path(workdir, "program.py").write_text(program, encoding="utf-8")
+        marker_r, marker_w = os.pipe()
+        settings = _settings(workdir, timeout, marker_w)
         try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            proc.wait()  # not communicate(): a grandchild that escaped the group may hold the pipes
-            return False, "timed out"
+            proc = subprocess.Popen([*_INTERPRETER, json.dumps(settings)], cwd=workdir,
+                                    env=_environment(workdir), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, pass_fds=(marker_w,), start_new_session=True)
         finally:
-            _kill_group(proc.pid)
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-    if proc.returncode == 0:
+            os.close(marker_w)
+        try:
+            with proc.stdin:
+                proc.stdin.write(nonce)
+        except BrokenPipeError:
+            pass
+        stderr, uid = proc.stderr.fileno(), settings["uid"]
+        # In a PID namespace, the end of its init (before the end of this process) ended everything else.
+        on_exit = functools.partial(_end, proc, None if protections()["pid_namespace"] else uid)
+        try:
+            tails, timed_out = _read_bounded(proc, {marker_r: len(nonce) + 1, stderr: _STDERR_CAP}, timeout, on_exit)
+        finally:
+            if proc.returncode is None:  # timed out: the namespace's init may have left the session
+                _end(proc, uid)
+            os.close(marker_r)
+            proc.stderr.close()
+    if tails[marker_r] == nonce:
         return True, "passed"
-    lines = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
-    return False, "failed: " + (lines[-1].strip() if lines else f"exit code {proc.returncode}")
+    if timed_out:
+        return False, "timed out"
+    lines = [line for line in tails[stderr].decode("utf-8", "replace").splitlines() if line.strip()]
+    return False, "failed: " + (lines[-1].strip() if lines else f"exit code {proc.returncode} before its tests ended")
 
 
 def run_programs(programs: Sequence[str], timeout: float = 10.0) -> list[tuple[bool, str]]:

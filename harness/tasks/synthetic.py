@@ -7,7 +7,9 @@ between valid choices, and only sequential decoding keeps them consistent.
 """
 from __future__ import annotations
 
+import ast
 import json
+import operator
 import random
 import re
 from dataclasses import dataclass
@@ -140,18 +142,53 @@ class Perm(Task):
         return sorted(output.split()) == sorted(map(str, problem["meta"]["numbers"]))
 
 
+# Bounds of the `code` checker: any answer the tasks ask for is a few characters long and evaluates far below
+# 2**64, so anything beyond is wrong, and nothing an answer writes can make the check slow (`9**9**9`).
+CODE_MAX_CHARS = 256
+CODE_MAX_BITS = 64
+CODE_INPUTS = [(2, 3, 5), (7, 11, 13), (0, 1, 4)]
+_CODE_OPERATORS = {ast.Add: operator.add, ast.Mult: operator.mul, ast.Pow: operator.pow}
+
+
+def _evaluate(node: ast.AST, variables: dict[str, int]) -> int:
+    """The value of an expression of integers, x/y/z, +, * and **; ValueError for anything else or too big."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        value = node.value
+    elif isinstance(node, ast.Name) and node.id in variables:
+        value = variables[node.id]
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+        value = _evaluate(node.operand, variables)
+    elif isinstance(node, ast.BinOp) and type(node.op) in _CODE_OPERATORS:
+        left, right = _evaluate(node.left, variables), _evaluate(node.right, variables)
+        if isinstance(node.op, ast.Pow) and not 0 <= right * max(left.bit_length(), 1) <= CODE_MAX_BITS:
+            raise ValueError("power out of bounds")  # checked before computing it
+        value = _CODE_OPERATORS[type(node.op)](left, right)
+    else:
+        raise ValueError(f"not allowed: {type(node).__name__}")
+    if value.bit_length() > CODE_MAX_BITS:
+        raise ValueError("value out of bounds")
+    return value
+
+
 def code_agrees(reference: str, candidate: str) -> bool:
-    """Run both `return ...` bodies as f(x, y, z) on test inputs in a restricted namespace."""
-    if not re.fullmatch(r"return [xyz0-9+* ]+", candidate.strip()):
-        return False
+    """Whether both `return ...` bodies give f(x, y, z) the same values on test inputs.
+
+    The answer is parsed, never run: a bounded evaluator of integer arithmetic cannot be escaped or blown up,
+    and costs microseconds (a sandboxed process per answer would cost ~0.1 s, hundreds of times per cell)."""
+    expressions = []
+    for body in (reference, candidate.strip()):
+        if len(body) > CODE_MAX_CHARS or not re.fullmatch(r"return [xyz0-9+* ]+", body):
+            return False
+        try:
+            expressions.append(ast.parse(body.removeprefix("return "), mode="eval").body)
+        except SyntaxError:
+            return False
     try:
-        ref, cand = ({} for _ in range(2))
-        exec(f"def f(x, y, z):\n    {reference}", {"__builtins__": {}}, ref)
-        exec(f"def f(x, y, z):\n    {candidate.strip()}", {"__builtins__": {}}, cand)
-        inputs = [(2, 3, 5), (7, 11, 13), (0, 1, 4)]
-        return all(ref["f"](*args) == cand["f"](*args) for args in inputs)
-    except SyntaxError:
+        reference_values, candidate_values = (
+            [_evaluate(expression, dict(zip("xyz", args))) for args in CODE_INPUTS] for expression in expressions)
+    except ValueError:
         return False
+    return reference_values == candidate_values
 
 
 class Lookup(Task):
