@@ -365,7 +365,7 @@ def run_program(program: str, timeout: float = 10.0) -> tuple[bool, str]:
 
 
 def run_programs(programs: Sequence[str], timeout: float = 10.0) -> list[tuple[bool, str]]:
-    """``run_program`` over many programs, a few at a time (each still in its own subprocess)."""
+    """``run_program`` over many programs, a few at a time (each in a sandbox of its own)."""
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
         return list(pool.map(lambda p: run_program(p, timeout), programs))
 
