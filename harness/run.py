@@ -5,9 +5,11 @@ it in the sweep's store (and W&B). Hydra composes the cell from `conf/`; `-m` sw
     dllm-harness -m experiment=quickstart                       # the embedded default's full grid
     dllm-harness -m experiment=quickstart hydra/launcher=joblib   # cells in parallel processes
 
-A cell with a complete record of the same config hash in the store is skipped (`force=true` re-runs it);
-a failing cell is recorded as failed and the sweep goes on. Speedup is the cell's throughput over that of
-the plain baseline with the same model, task, G, B, device and batch size (from the store, or run first).
+A cell with a complete record of the same config hash in the store is skipped (`force=true` re-runs it); the
+hash covers the settings and the content of what the cell reads (`harness.fingerprints`: data, weights,
+tokenizer, learned filter, harness source); a failing cell is recorded as failed and the sweep goes on (a
+full store ends it, in one line). Speedup is the cell's throughput over that of the plain baseline with the
+same model, task, G, B, device and batch size (from the store, or run first).
 """
 from __future__ import annotations
 
@@ -212,6 +214,7 @@ def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -
 @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task chatter drowns the cell's log
+    logging.raiseExceptions = False  # a full disk also fails the job's log file: no traceback per log line
     device = resolve_device(cfg.device)
     try:
         record = run_cell(cell_settings(cfg, device), Path(HydraConfig.get().runtime.output_dir), device)

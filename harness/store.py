@@ -85,7 +85,8 @@ def full_disk_named(store: Path):
         yield
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFull(f"the store {store} is full (no space left writing {err.filename or store})") from None
+            where = f": {err.filename}" if err.filename else ""
+            raise StoreFull(f"the store {store} is full ({err.strerror}{where})") from None
         raise
 
 

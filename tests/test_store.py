@@ -253,7 +253,7 @@ def test_a_full_disk_ends_the_app_with_one_line_naming_the_store(tmp_path):
                          timeout=300)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: the store {store} is full (no space left writing {store}/"), last
+    assert last.startswith(f"error: the store {store} is full (No space left on device"), last
     assert not list(store.rglob("*.tmp"))
 
 
