@@ -69,16 +69,23 @@ def missing_fields(row: dict) -> list[str]:
 
 def collect(folders: list[str | Path]) -> Collected:
     """Every `result.json` under `folders`; failed, unreadable or incomplete records are listed in
-    `problems` instead of being dropped silently."""
+    `problems` instead of being dropped silently. Records of one config hash count once: the first found
+    (folders in the order given, each in path order) is kept and the others are listed as duplicates. A
+    corrupt or truncated `samples.jsonl` is listed and its cell kept without samples."""
     rows, samples, problems = [], [], []
+    kept: dict[str, str] = {}  # config hash -> the record counted for it
+    read: set[Path] = set()  # overlapping folders find the same record twice
     for folder in map(Path, folders):
         if not folder.exists():
             problems.append(f"{folder}: no such folder")
             continue
         for path in sorted(folder.rglob("result.json")):
+            if path.resolve() in read:
+                continue
+            read.add(path.resolve())
             try:
                 record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 problems.append(f"{path}: unreadable ({err})")
                 continue
             if record.get("status") != "complete":
@@ -90,17 +97,42 @@ def collect(folders: list[str | Path]) -> Collected:
             if missing:
                 problems.append(f"{path}: incomplete record, missing {', '.join(missing)}")
                 continue
+            digest = row["config_hash"]
+            if digest in kept:
+                problems.append(f"{path}: duplicate of {kept[digest]} (config hash {digest}), not counted")
+                continue
+            if digest is not None:
+                kept[digest] = str(path)
             rows.append(row)
-            sample_file = path.with_name("samples.jsonl")
-            if sample_file.exists():
-                for line in sample_file.read_text().splitlines():
-                    if line.strip():
-                        samples.append({"config_hash": row["config_hash"], **json.loads(line), "path": row["path"]})
+            cell_samples, problem = read_samples(path.with_name("samples.jsonl"))
+            problems += [problem] if problem else []
+            samples += [{"config_hash": digest, **sample, "path": row["path"]} for sample in cell_samples]
     return Collected(pd.DataFrame(rows, columns=CELL_COLUMNS), pd.DataFrame(samples), problems)
 
 
+def read_samples(path: Path) -> tuple[list[dict], str | None]:
+    """A cell's per-sample records, or none and the reason when the file is corrupt or truncated (the
+    harness ends every line, so a last line without its newline was cut short)."""
+    if not path.exists():
+        return [], None
+    try:
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            raise ValueError("truncated: its last line is cut short")
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if not all(isinstance(line, dict) for line in lines):
+            raise ValueError("a line is not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        return [], f"{path}: unreadable ({err}); the cell is kept without its samples"
+    return lines, None
+
+
 def collect_and_report(folders) -> Collected:
-    """`collect`, saying which records were skipped and why (for the command-line scripts)."""
+    """`collect`, saying which records were skipped and why (for the command-line scripts; a folder that does
+    not exist is a typo: one line, and nothing is analysed)."""
+    missing = [str(f) for f in folders if not Path(f).is_dir()]
+    if missing:
+        raise SystemExit(f"error: no such folder: {', '.join(missing)}")
     got = collect(folders)
     for problem in got.problems:
         print(f"skipped: {problem}")

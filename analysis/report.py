@@ -192,6 +192,8 @@ def main(argv=None):
     parser.add_argument("--group", help="with --wandb: the run group (e.g. the sweep name)")
     parser.add_argument("--wandb-mode", default="online", choices=["online", "offline", "disabled"])
     args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        parser.error(f"no such folder: {args.folder}")
     written = report_sweep(args.folder, args.formats, args.pool)
     if args.wandb:
         log_to_wandb(written, args.wandb, args.group, args.wandb_mode, args.folder)

@@ -5,9 +5,11 @@ it in the sweep's store (and W&B). Hydra composes the cell from `conf/`; `-m` sw
     dllm-harness -m experiment=quickstart                       # the embedded default's full grid
     dllm-harness -m experiment=quickstart hydra/launcher=joblib   # cells in parallel processes
 
-A cell with a complete record of the same config hash in the store is skipped (`force=true` re-runs it);
-a failing cell is recorded as failed and the sweep goes on. Speedup is the cell's throughput over that of
-the plain baseline with the same model, task, G, B, device and batch size (from the store, or run first).
+A cell with a complete record of the same config hash in the store is skipped (`force=true` re-runs it); the
+hash covers the settings and the content of what the cell reads (`harness.fingerprints`: data, weights,
+tokenizer, learned filter, harness source); a failing cell is recorded as failed and the sweep goes on (a
+full store ends it, in one line). Speedup is the cell's throughput over that of the plain baseline with the
+same model, task, G, B, device and batch size (from the store, or run first).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import schema
-from .store import cell_lock, config_hash, find_complete, read_record, write_record
+from .fingerprints import cell_identity
+from .store import StoreFull, cell_lock, find_complete, full_disk_named, read_record, write_record
 
 log = logging.getLogger("harness.run")
 schema.register()
@@ -152,23 +155,26 @@ def _version(package: str) -> str | None:
 
 
 def run_cell(settings: dict, folder: Path, device: str) -> dict:
-    """Evaluate (or skip) one cell and write its record into `folder`. Never raises for a cell's failure."""
-    store, digest = Path(settings["store"]), config_hash(settings)
-    with cell_lock(store, digest):  # a parallel job may be running this very cell as its baseline
+    """Evaluate (or skip) one cell and write its record into `folder`. Never raises for a cell's failure (a full
+    store raises `StoreFull`). The cell is identified by its settings and what it reads (fingerprints)."""
+    store, (digest, prints) = Path(settings["store"]), cell_identity(settings)
+    # a parallel job may be running this very cell as its baseline
+    with full_disk_named(store), cell_lock(store, digest):
         if not settings["force"]:
-            done = find_complete(store, digest)
+            done = find_complete(store, digest, own_folders=(folder, folder / digest))
             if done:
                 log.info(f"skipped: complete record {digest} at {done['path']}")
                 return done
         existing = read_record(folder / "result.json")
         if existing and existing.get("config_hash") != digest:  # never overwrite another cell's record
             folder = folder / digest
-        return _run_and_record(settings, digest, folder, device)
+        return _run_and_record(settings, digest, prints, folder, device)
 
 
-def _run_and_record(settings: dict, digest: str, folder: Path, device: str) -> dict:
+def _run_and_record(settings: dict, digest: str, prints: dict, folder: Path, device: str) -> dict:
     started = time.perf_counter()
-    record = {"status": "running", "config_hash": digest, "config": settings, **environment()}
+    record = {"status": "running", "config_hash": digest, "fingerprints": prints, "config": settings,
+              **environment()}
     samples = None
     try:
         tasks = check_cell(settings)
@@ -189,16 +195,17 @@ def _run_and_record(settings: dict, digest: str, folder: Path, device: str) -> d
 def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -> dict:
     """speedup = tokens/s over the plain baseline's; nfe_ratio = baseline NFE over this cell's."""
     base = baseline_settings(settings)
-    base_hash = config_hash(base)
+    base_hash, base_prints = cell_identity(base)
     if base_hash == record["config_hash"]:
         return {"speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
     store = Path(settings["store"])
     with cell_lock(store, base_hash):
-        found = find_complete(store, base_hash)
+        found = find_complete(store, base_hash, own_folders=(store / "baselines" / base_hash,))
         if found is None:
             log.info(f"running the baseline {base_hash} this cell is compared with")
             measured, samples = measure(base, tasks, device)  # same task: its lm-eval objects are reused
-            found = {"status": "complete", "config_hash": base_hash, "config": base, **environment(), **measured,
+            found = {"status": "complete", "config_hash": base_hash, "fingerprints": base_prints, "config": base,
+                     **environment(), **measured,
                      "speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
             write_record(store / "baselines" / base_hash, found, samples, store)
     speed, base_speed = record["speed"], found["speed"]
@@ -211,8 +218,12 @@ def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -
 @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task chatter drowns the cell's log
+    logging.raiseExceptions = False  # a full disk also fails the job's log file: no traceback per log line
     device = resolve_device(cfg.device)
-    record = run_cell(cell_settings(cfg, device), Path(HydraConfig.get().runtime.output_dir), device)
+    try:
+        record = run_cell(cell_settings(cfg, device), Path(HydraConfig.get().runtime.output_dir), device)
+    except StoreFull as err:  # every later cell would fail the same way: stop the sweep
+        raise SystemExit(f"error: {err}") from None
     if record["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
         raise SystemExit(f"error: {record['error']}")
     return record.get("metrics", {}).get("accuracy")

@@ -20,7 +20,7 @@ import harness.run  # noqa: F401  (registers the schemas)
 from analysis.collect import collect
 from harness import tracking
 from harness.run import cell_settings, run_cell
-from harness.store import config_hash
+from harness.fingerprints import cell_identity
 from hydra_plugins.dllm_harness.grids_sweeper import GridsSweeper
 
 from .conftest import REPO
@@ -113,7 +113,8 @@ def test_a_cell_records_metrics_speed_and_speedup_then_is_skipped(tmp_path):
     record = run_cell(settings, tmp_path / "store" / "cell", "cpu")
     assert record["status"] == "complete"
     saved = json.loads((tmp_path / "store" / "cell" / "result.json").read_text())
-    assert saved["config_hash"] == config_hash(settings) and saved["config"]["task"]["name"] == "arith"
+    assert (saved["config_hash"], saved["fingerprints"]) == cell_identity(settings)
+    assert saved["config"]["task"]["name"] == "arith"
     assert 0 <= saved["metrics"]["accuracy"] <= 1 and saved["speed"]["nfe"] < 32
     assert saved["nfe_ratio"] == pytest.approx(32 / saved["speed"]["nfe"])  # vs the plain baseline
     assert saved["speedup"] > 0 and saved["versions"]["torch"] and saved["protocol"]["batch_size"] == 4
