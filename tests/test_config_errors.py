@@ -330,3 +330,12 @@ def test_a_sweep_records_failed_cells_and_goes_on(tmp_path):
     records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("result.json")]
     assert sorted(r["error"] for r in records) == ["ConfigError: batch_size=-1: must be an integer >= 1",
                                                    "ConfigError: batch_size=0: must be an integer >= 1"]
+
+
+def test_nan_logits_fail_a_log_likelihood_estimate():
+    from harness.lmeval import DLLM
+    model = load_model(FIXTURE)
+    with torch.no_grad():
+        model.model.transformer.ff_out.weight[7, 3] = float("nan")
+    with pytest.raises(NonFiniteLogits, match="log-likelihood"):
+        DLLM(model, mc_num=4, mc_batch_size=4)._mc_loglikelihood([1, 2, 3], [4, 7, 5])

@@ -208,14 +208,14 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
         plan = quota_schedule((canvas.x[:, s:e] == canvas.mask_id).sum(-1), S)
         cache, cache_rows = None, None
         step = 0
-        # NaN or +inf logits make every confidence NaN; flagged on the device, read once per block (no sync)
-        non_finite = torch.zeros((), dtype=torch.bool, device=device)
+        # NaN or +inf logits make confidences NaN, and so their sum: kept on the device, read once per block
+        confidence_sum = torch.zeros((), device=device)
         while True:
             rows = all_rows[(canvas.x[:, s:e] == canvas.mask_id).any(-1)]
             if rows.numel() == 0:
                 break
             if step > B + S:
-                _check_finite(non_finite, block)  # NaN confidences stall a threshold policy
+                _check_finite(confidence_sum, block)  # NaN confidences stall a threshold policy
                 raise RuntimeError(f"strategy {config.strategy!r} stopped committing tokens")
 
             # One forward (NFE): the whole canvas, or with a cache only the block (dual) / block + suffix
@@ -239,7 +239,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             masked = current == canvas.mask_id
             inside = canvas.positions[s:block_end] < canvas.end[rows, None]  # False past this row's cut
             prediction, confidence = predict(block_logits, config, generator)
-            non_finite |= ~confidence.isfinite().all()
+            confidence_sum.add_(confidence.sum())  # probabilities: finite unless the logits were not
             confidence = confidence.masked_fill(~inside, 0.0)  # a cut block reads as zero-padded
             state = StepState(
                 logits=block_logits, prediction=prediction, confidence=confidence, masked=masked,
@@ -261,7 +261,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             done = ~(canvas.x[:, P:] == canvas.mask_id).any(-1).cpu() & finish_time.isnan()
             finish_time[done] = time.perf_counter() - start_time
             step += 1
-        _check_finite(non_finite, block)
+        _check_finite(confidence_sum, block)
 
     tokens = canvas.x[:, P:]
     per_step = torch.stack(committed_log, 1).tolist() if committed_log else [[] for _ in range(batch)]
@@ -277,8 +277,8 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
     )
 
 
-def _check_finite(non_finite: Tensor, block: int) -> None:
-    if non_finite:
+def _check_finite(confidence_sum: Tensor, block: int) -> None:
+    if not confidence_sum.isfinite():
         raise NonFiniteLogits(f"the model produced NaN or inf logits in block {block}; its weights or dtype "
                               f"are broken (float16 overflow?)")
 

@@ -23,6 +23,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from ..decoding import POLICIES, ConfigError, DecodeConfig, generate
+from ..decoding.engine import NonFiniteLogits
 from ..models import load_model
 from ..models.metered import synchronize
 
@@ -251,7 +252,10 @@ class DLLM(LM):
             ce = torch.nn.functional.cross_entropy(logits[masked], seq[masked], reduction="none")
             weight = (L / counts.to(self.device).float()).repeat_interleave(counts.to(self.device))
             losses.append((ce * weight).sum().item() / b)
-        return -statistics.fmean(losses)
+        estimate = -statistics.fmean(losses)
+        if math.isnan(estimate):  # NaN or +inf logits; -inf (an impossible target) is a real answer
+            raise NonFiniteLogits("the model produced NaN or inf logits in a log-likelihood estimate")
+        return estimate
 
     # ---------------------------------------------------------------- results
     def protocol(self) -> dict:
