@@ -31,7 +31,6 @@ from .store import cell_lock, config_hash, find_complete, read_record, write_rec
 log = logging.getLogger("harness.run")
 schema.register()
 
-
 REPO = Path(__file__).resolve().parents[1]
 _LOADED: dict[tuple, object] = {}  # models stay loaded across the cells one process runs
 
@@ -44,11 +43,9 @@ def resolve_device(name: str) -> str:
             device = torch.device(name)
         except RuntimeError:
             raise ConfigError(f"device={name}: not a torch device (cpu, cuda, cuda:1, ...)") from None
-        backend = getattr(torch, device.type, None)
-        if not getattr(backend, "is_available", lambda: False)():
-            raise ConfigError(f"device={name}: torch {torch.__version__} sees no {device.type} device")
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise ConfigError(f"device={name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"device={name}: torch {torch.__version__} sees {torch.cuda.device_count()} "
+                              f"CUDA device(s)")
         return name
     if not torch.cuda.is_available():
         return "cpu"
@@ -96,11 +93,12 @@ def check_cell(settings: dict) -> dict:
     for lm_task in tasks.values():
         if lm_task.OUTPUT_TYPE == "generate_until":
             request_config(decoding, fixed_gen_length, lm_task.config.generation_kwargs or {}, max_length)
-    if decoding.filter_path:
-        trained_for = load_filter(decoding.filter_path).block_length  # a few KB; the policy reloads it
-        if trained_for != decoding.block_length:
-            raise ConfigError(f"filter {decoding.filter_path} was trained for block_length {trained_for}, "
-                              f"not decoding.block_length={decoding.block_length}")
+    filter_path, block_length = settings["decoding"].get("filter_path"), settings["decoding"]["block_length"]
+    if filter_path:  # a learned strategy's filter: a few KB, read now (and again by the policy)
+        trained_for = load_filter(filter_path).block_length
+        if trained_for != block_length:
+            raise ConfigError(f"filter {filter_path} was trained for block_length {trained_for}, "
+                              f"not decoding.block_length={block_length}")
     return tasks
 
 
@@ -109,7 +107,7 @@ def check_run_settings(settings: dict) -> None:
     task, limit = settings["task"], settings["task"]["limit"]
     rules = [("batch_size", settings["batch_size"], settings["batch_size"] >= 1, "an integer >= 1"),
              ("warmup", settings["warmup"], settings["warmup"] >= 0, "an integer >= 0"),
-             ("task.limit", limit, limit is None or limit >= 1 or 0 < limit < 1,
+             ("task.limit", limit, limit is None or limit > 0,
               "a number of problems >= 1 or a fraction in (0, 1)"),
              ("task.num_fewshot", task["num_fewshot"], task["num_fewshot"] is None or task["num_fewshot"] >= 0,
               "an integer >= 0")]

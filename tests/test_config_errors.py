@@ -313,8 +313,9 @@ def cli(tmp_path, *args):
     (["sweep=../escaped"], "error: sweep='../escaped' must be a folder name inside the results root"),
     (["-m", "sweep=/tmp/elsewhere"], "error: sweep='/tmp/elsewhere' must be a folder name inside the results"),
     (["batch_size=0"], "error: ConfigError: batch_size=0: must be an integer >= 1"),
-    (["device=tpu:9"], "error: device=tpu:9: "),
-    pytest.param(["device=cuda"], "error: device=cuda: torch .* sees no cuda device",
+    (["device=tpu:9"], "error: device=tpu:9: not a torch device"),
+    (["device=cuda:99"], r"error: device=cuda:99: torch \S+ sees \d+ CUDA device\(s\)"),
+    pytest.param(["device=cuda"], r"error: device=cuda: torch \S+ sees 0 CUDA device\(s\)",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
 ])
 def test_a_single_run_fails_with_one_line(tmp_path, args, message):
