@@ -177,7 +177,7 @@ def test_a_damaged_model_folder_is_named_before_any_weight_is_read(tmp_path, dam
 
 
 def pickled(path, obj):
-    path.write_bytes(pickle.dumps(obj))
+    path.write_bytes(pickle.dumps(obj, protocol=2))  # torch.load expects 2 (no warning)
     return path
 
 
