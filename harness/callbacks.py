@@ -1,4 +1,5 @@
-"""Hydra callbacks: a finished sweep analyses itself (Pareto plots and tables.md in its folder)."""
+"""Hydra callbacks: a sweep name that would write outside the results folder is refused before Hydra creates
+any folder; a finished sweep analyses itself (Pareto plots and tables.md in its folder)."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +9,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
+
+
+class CheckSweep(Callback):
+    """`sweep` names a folder inside the results root (`store` in conf/config.yaml): never an absolute path or
+    one that climbs out with `..`. SystemExit, because Hydra turns a callback's exceptions into warnings."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        name = str(config.sweep)
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise SystemExit(f"error: sweep={name!r} must be a folder name inside the results root, "
+                             f"not a path out of it (to write elsewhere, set store=...)")
+
+    on_multirun_start = on_run_start
 
 
 class AnalyseSweep(Callback):

@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import schema
+from .decoding import ConfigError
 from .fingerprints import cell_identity
 from .store import StoreFull, cell_lock, find_complete, full_disk_named, read_record, write_record
 
@@ -38,8 +39,16 @@ _LOADED: dict[tuple, object] = {}  # models stay loaded across the cells one pro
 
 
 def resolve_device(name: str) -> str:
-    """`auto`: CUDA when visible, else CPU; with several GPUs, parallel jobs take one each (by job number)."""
+    """`auto`: CUDA when visible, else CPU; with several GPUs, parallel jobs take one each (by job number).
+    A device torch cannot name or does not see is a ConfigError."""
     if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"device={name}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"device={name}: torch {torch.__version__} sees {torch.cuda.device_count()} "
+                              f"CUDA device(s)")
         return name
     if not torch.cuda.is_available():
         return "cpu"
@@ -69,13 +78,45 @@ def get_model(model_cfg: dict, device: str):
 
 
 def check_cell(settings: dict) -> dict:
-    """Every check that needs no model: decoding values, task name, data files, code opt-ins. Returns the
-    lm-eval task objects."""
+    """Every check that reads no weight, so that a bad cell fails in seconds, not after minutes of loading:
+    run settings, decoding values, task name, data rows, metric and code opt-ins, the model folder (config.json,
+    safetensors headers) against the generation length, the learned filter's file and block length. Returns
+    the lm-eval task objects."""
+    from .learn2pd.filter import load_filter
     from .lmeval import build_tasks
-    from .lmeval.model import decode_config
-    decode_config(settings["decoding"])
+    from .lmeval.model import decode_config, request_config
+    from .lmeval.tasks import check_metric
+    from .models.loading import check_model_folder
+    check_run_settings(settings)
+    decoding, fixed_gen_length = decode_config(settings["decoding"])
     task = settings["task"]
-    return build_tasks([task["name"]], task["data_dir"], task["num_fewshot"], task["unsafe_code"])
+    tasks = build_tasks([task["name"]], task["data_dir"], task["num_fewshot"], task["unsafe_code"])
+    check_metric(tasks[task["name"]], task["metric"])
+    max_length = check_model_folder(settings["model"]["path"])
+    for lm_task in tasks.values():
+        if lm_task.OUTPUT_TYPE == "generate_until":
+            request_config(decoding, fixed_gen_length, lm_task.config.generation_kwargs or {}, max_length)
+    filter_path, block_length = settings["decoding"].get("filter_path"), settings["decoding"]["block_length"]
+    if filter_path:  # a learned strategy's filter: a few KB, read now (and again by the policy)
+        trained_for = load_filter(filter_path).block_length
+        if trained_for != block_length:
+            raise ConfigError(f"filter {filter_path} was trained for block_length {trained_for}, "
+                              f"not decoding.block_length={block_length}")
+    return tasks
+
+
+def check_run_settings(settings: dict) -> None:
+    """Range checks the schema's types cannot express (written so that NaN fails them too)."""
+    task, limit = settings["task"], settings["task"]["limit"]
+    rules = [("batch_size", settings["batch_size"], settings["batch_size"] >= 1, "an integer >= 1"),
+             ("warmup", settings["warmup"], settings["warmup"] >= 0, "an integer >= 0"),
+             ("task.limit", limit, limit is None or limit > 0,
+              "a number of problems >= 1 or a fraction in (0, 1)"),
+             ("task.num_fewshot", task["num_fewshot"], task["num_fewshot"] is None or task["num_fewshot"] >= 0,
+              "an integer >= 0")]
+    for name, value, valid, wanted in rules:
+        if not valid:
+            raise ConfigError(f"{name}={value}: must be {wanted}")
 
 
 def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]:
@@ -219,10 +260,10 @@ def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -
 def main(cfg: DictConfig) -> float | None:
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task chatter drowns the cell's log
     logging.raiseExceptions = False  # a full disk also fails the job's log file: no traceback per log line
-    device = resolve_device(cfg.device)
     try:
+        device = resolve_device(cfg.device)  # the machine's setting, the same for every cell
         record = run_cell(cell_settings(cfg, device), Path(HydraConfig.get().runtime.output_dir), device)
-    except StoreFull as err:  # every later cell would fail the same way: stop the sweep
+    except (ConfigError, StoreFull) as err:  # every later cell would fail the same way: stop the sweep
         raise SystemExit(f"error: {err}") from None
     if record["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
         raise SystemExit(f"error: {record['error']}")

@@ -32,11 +32,17 @@ class WandbMode(Enum):
     disabled = "disabled"
 
 
+class Dtype(Enum):  # the weights' dtype once loaded
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 @dataclass
 class ModelSchema:
     name: str = MISSING  # the label in records and plots
     path: str = MISSING  # a local folder, or a shipped model's name ("tiny")
-    dtype: Optional[str] = None  # None: bfloat16 on CUDA, float32 on CPU
+    dtype: Optional[Dtype] = None  # None: bfloat16 on CUDA, float32 on CPU
     chat_template: Optional[bool] = None  # None: on when the tokenizer has one
     raw_prompt_tasks: list[str] = field(default_factory=lambda: ["humaneval"])  # never templated (Learn2PD)
     shift_logits: bool = False  # Dream-style models predict token i at position i-1

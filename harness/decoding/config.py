@@ -1,7 +1,8 @@
 """Decoding settings: one flat, validated dataclass shared by the engine and every policy."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 
 CACHE_MODES = ("none", "prefix", "dual")
 REMASKING = ("low_confidence", "random")
@@ -31,6 +32,9 @@ class DecodeConfig:
 
     def __post_init__(self):
         from .policy import POLICIES  # late import: policies import this module
+        for name in (f.name for f in fields(self)):  # NaN passes every range check below
+            if isinstance(getattr(self, name), float) and not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"decoding.{name} must be a finite number, got {getattr(self, name)}")
         if self.gen_length <= 0 or self.block_length <= 0:
             raise ConfigError(f"gen_length ({self.gen_length}) and block_length ({self.block_length}) must be > 0")
         if self.gen_length % self.block_length:

@@ -77,6 +77,10 @@ class DecodeOutput:
     config: DecodeConfig | None = field(default=None, repr=False)
 
 
+class NonFiniteLogits(RuntimeError):
+    """The model produced NaN or +inf logits: its predictions mean nothing, so the decode stops."""
+
+
 class Canvas:
     """Prompt + generation region of every row, with each row's current end (EoTP shortens it)."""
 
@@ -111,6 +115,10 @@ def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask,
     """Every error a decode can hit, raised in one line before the first forward."""
     if input_ids.dim() != 2:
         raise ConfigError(f"input_ids must be [batch, prompt_length], got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype != torch.long:
+        raise ConfigError(f"input_ids must be int64 token ids, got {input_ids.dtype}")
+    if input_ids.shape[0] == 0:
+        raise ConfigError("input_ids is an empty batch (no prompts to decode)")
     total = input_ids.shape[1] + config.gen_length
     if total > model.max_length:
         raise ConfigError(f"prompt ({input_ids.shape[1]}) + gen_length ({config.gen_length}) = {total} "
@@ -118,6 +126,12 @@ def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask,
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ConfigError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                           f"input_ids {tuple(input_ids.shape)}")
+    in_prompt = input_ids == model.mask_token_id
+    if attention_mask is not None:
+        in_prompt &= attention_mask.bool()
+    if in_prompt.any():  # the engine decodes every mask it finds; EoTP could even cut inside the prompt
+        row, position = in_prompt.nonzero()[0].tolist()
+        raise ConfigError(f"prompt {row} holds the mask token ({model.mask_token_id}) at position {position}")
     if config.cache != "none" and not getattr(model, "supports_cache", False):
         raise ConfigError(f"{type(model).__name__} has no KV cache; use cache='none'")
     policy = POLICIES[config.strategy](config)
@@ -194,11 +208,14 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
         plan = quota_schedule((canvas.x[:, s:e] == canvas.mask_id).sum(-1), S)
         cache, cache_rows = None, None
         step = 0
+        # NaN or +inf logits make confidences NaN, and so their sum: kept on the device, read once per block
+        confidence_sum = torch.zeros((), device=device)
         while True:
             rows = all_rows[(canvas.x[:, s:e] == canvas.mask_id).any(-1)]
             if rows.numel() == 0:
                 break
             if step > B + S:
+                _check_finite(confidence_sum, block)  # NaN confidences stall a threshold policy
                 raise RuntimeError(f"strategy {config.strategy!r} stopped committing tokens")
 
             # One forward (NFE): the whole canvas, or with a cache only the block (dual) / block + suffix
@@ -222,6 +239,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             masked = current == canvas.mask_id
             inside = canvas.positions[s:block_end] < canvas.end[rows, None]  # False past this row's cut
             prediction, confidence = predict(block_logits, config, generator)
+            confidence_sum.add_(confidence.sum())  # probabilities: finite unless the logits were not
             confidence = confidence.masked_fill(~inside, 0.0)  # a cut block reads as zero-padded
             state = StepState(
                 logits=block_logits, prediction=prediction, confidence=confidence, masked=masked,
@@ -243,6 +261,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             done = ~(canvas.x[:, P:] == canvas.mask_id).any(-1).cpu() & finish_time.isnan()
             finish_time[done] = time.perf_counter() - start_time
             step += 1
+        _check_finite(confidence_sum, block)
 
     tokens = canvas.x[:, P:]
     per_step = torch.stack(committed_log, 1).tolist() if committed_log else [[] for _ in range(batch)]
@@ -256,6 +275,12 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
         trace=_stack_trace(records) if trace else None,
         config=config,
     )
+
+
+def _check_finite(confidence_sum: Tensor, block: int) -> None:
+    if not confidence_sum.isfinite():
+        raise NonFiniteLogits(f"the model produced NaN or inf logits in block {block}; its weights or dtype "
+                              f"are broken (float16 overflow?)")
 
 
 def _trace_record(rows, block, step, B, state: StepState, commit, inside) -> dict:

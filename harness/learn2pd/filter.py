@@ -223,22 +223,62 @@ def save_filter(model: Filter, path: str | Path, **extra) -> Path:
     return path
 
 
+class FilterFileError(ValueError):
+    """A filter file that does not read as a filter: one line naming the file."""
+
+
 def load_filter(path: str | Path, device="cpu") -> Filter:
     """Load a filter saved by this package (.safetensors), a released Learn2PD state dict (.pth/.pt), or a
-    shipped filter by name ("tiny")."""
+    shipped filter by name ("tiny"). A truncated, foreign or mis-shaped file is a `FilterFileError`."""
     path = resolve_filter(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"filter file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["learn2pd_filter"])
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        model = Filter(meta["block_length"], meta["hidden"], meta["depth"], tuple(meta["features"]))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        depth = len([k for k in state if k.endswith(".weight")])
-        first, last = state["linear1.weight"], state[f"linear{depth}.weight"]
-        model = Filter(block_length=last.shape[0], hidden=first.shape[0] if depth > 1 else None, depth=depth)
+    spec, state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_state_dict(path)
+    try:
+        model = Filter(**spec)
+    except (TypeError, ValueError) as err:
+        raise FilterFileError(f"{path}: its metadata does not describe a filter ({err})") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+        raise FilterFileError(f"{path}: tensors do not match a filter of {spec}: missing "
+                              f"{sorted(expected.keys() - found.keys())}, unexpected "
+                              f"{sorted(found.keys() - expected.keys())}, mis-shaped {wrong}")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval().requires_grad_(False)
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    from ..models.loading import open_safetensors
+    try:
+        with open_safetensors(path) as f:
+            meta = (f.metadata() or {}).get("learn2pd_filter")
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except ValueError as err:  # already one line naming the file
+        raise FilterFileError(str(err)) from None
+    if meta is None:
+        raise FilterFileError(f"{path}: no 'learn2pd_filter' metadata (not written by save_filter)")
+    try:
+        meta = json.loads(meta)
+        spec = {"block_length": int(meta["block_length"]), "hidden": int(meta["hidden"]),
+                "depth": int(meta["depth"]), "features": tuple(meta["features"])}
+    except (ValueError, KeyError, TypeError) as err:
+        raise FilterFileError(f"{path}: corrupt 'learn2pd_filter' metadata ({err!r})") from None
+    return spec, state
+
+
+def _read_state_dict(path: Path) -> tuple[dict, dict]:
+    """A released Learn2PD state dict: linear1 ... linear{depth}, the last one's outputs the block length."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated archive, a pickle of other objects, ...: torch raises many kinds
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FilterFileError(f"{path}: not a readable torch state dict ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FilterFileError(f"{path}: not a state dict of tensors")
+    depth = len([k for k in state if k.startswith("linear") and k.endswith(".weight")])
+    first, last = state.get("linear1.weight"), state.get(f"linear{depth}.weight")
+    if first is None or last is None or first.dim() != 2 or last.dim() != 2:
+        raise FilterFileError(f"{path}: no linear1.weight ... linear<depth>.weight matrices (keys: {sorted(state)[:6]})")
+    return {"block_length": last.shape[0], "hidden": first.shape[0] if depth > 1 else None, "depth": depth}, state

@@ -23,6 +23,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from ..decoding import POLICIES, ConfigError, DecodeConfig, generate
+from ..decoding.engine import NonFiniteLogits
 from ..models import load_model
 from ..models.metered import synchronize
 
@@ -62,6 +63,25 @@ def decode_config(fields: dict) -> tuple[DecodeConfig, int | None]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def request_config(config: DecodeConfig, fixed_gen_length: int | None, gen_kwargs: dict,
+                   max_length: int | None) -> DecodeConfig:
+    """The decoding config of requests with lm-eval's `gen_kwargs`: G fixed, or their max_gen_toks rounded up to
+    a multiple of B (checked again: `steps` must suit it). Known before any weights load, as is `max_length`
+    (None: unknown), which G must leave room in for a prompt."""
+    source = "decoding.gen_length"  # decode_config holds a fixed G already
+    if not fixed_gen_length:
+        wanted = int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+        block, source = config.block_length, f"the task's max_gen_toks {wanted}"
+        try:
+            config = dataclasses.replace(config, gen_length=block * math.ceil(wanted / block))
+        except ConfigError as err:
+            raise ConfigError(f"{err} (gen_length from {source})") from None
+    if max_length is not None and config.gen_length >= max_length:
+        raise ConfigError(f"gen_length {config.gen_length} ({source}) leaves no room for a prompt in the "
+                          f"model's max length {max_length}")
+    return config
 
 
 @register_model("dllm")
@@ -117,15 +137,7 @@ class DLLM(LM):
                                                   add_generation_prompt=True)
 
     def config_for(self, gen_kwargs: dict) -> DecodeConfig:
-        config = self.decoding
-        if not self.fixed_gen_length:
-            block = self.decoding.block_length
-            wanted = int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
-            config = dataclasses.replace(self.decoding, gen_length=block * math.ceil(wanted / block))
-        if config.gen_length >= self.model.max_length:
-            raise ConfigError(f"gen_length {config.gen_length} leaves no room for a prompt in the model's "
-                              f"max length {self.model.max_length}")
-        return config
+        return request_config(self.decoding, self.fixed_gen_length, gen_kwargs, self.model.max_length)
 
     def encode(self, prompts: list[list[int]], gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids; prompts longer than the model allows keep their last tokens (as lm-eval's
@@ -240,7 +252,10 @@ class DLLM(LM):
             ce = torch.nn.functional.cross_entropy(logits[masked], seq[masked], reduction="none")
             weight = (L / counts.to(self.device).float()).repeat_interleave(counts.to(self.device))
             losses.append((ce * weight).sum().item() / b)
-        return -statistics.fmean(losses)
+        estimate = -statistics.fmean(losses)
+        if math.isnan(estimate):  # NaN or +inf logits; -inf (an impossible target) is a real answer
+            raise NonFiniteLogits("the model produced NaN or inf logits in a log-likelihood estimate")
+        return estimate
 
     # ---------------------------------------------------------------- results
     def protocol(self) -> dict:

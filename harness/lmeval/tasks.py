@@ -26,6 +26,12 @@ CODE_TASKS = ("humaneval", "mbpp")
 SUPPORTED_OUTPUTS = ("generate_until", "loglikelihood", "multiple_choice")
 DATA_FILES = {"gsm8k": ("gsm8k/test.jsonl", "gsm8k/train.jsonl"), "math": ("math/test.jsonl",),
               "humaneval": ("humaneval/HumanEval.jsonl.gz",), "mbpp": ("mbpp/mbpp.jsonl",)}
+# What each file's rows must hold to be scored: a row without its answer or tests would score 0, not fail.
+ROW_FIELDS = {"gsm8k/test.jsonl": ("question", "answer"), "gsm8k/train.jsonl": ("question", "answer"),
+              "math/test.jsonl": ("problem", "solution"),
+              "humaneval/HumanEval.jsonl.gz": ("task_id", "prompt", "test", "entry_point"),
+              "mbpp/mbpp.jsonl": ("task_id", "text", "code", "test_list")}
+SYNTHETIC_FIELDS = ("prompt", "answer", "meta")
 MBPP_TEST_IDS, MBPP_FEWSHOT_IDS = range(11, 511), (2, 3, 4)  # the standard split; lm-eval's 3 shots
 SYNTHETIC_GEN_LENGTH = 32  # the embedded default's generation length (max_gen_toks of its tasks)
 
@@ -61,9 +67,30 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def check_rows(path: Path, fields: tuple[str, ...]) -> None:
+    """Every row of a JSONL file parses and holds `fields` (a MATH solution its \\boxed{} answer); the first
+    that does not fails the task, naming the file and line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TaskError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            missing = [k for k in fields if not isinstance(row, dict) or row.get(k) in (None, "", [], {})]
+            if not missing and "solution" in fields and not scoring.last_boxed(row["solution"]):
+                missing = ["\\boxed{} answer in its solution"]
+            if missing:
+                raise TaskError(f"{path}:{number}: row has no {missing[0]} (it could only score 0)")
+
+
 def _synthetic(name: str) -> dict:
     task = SYNTHETIC[name]
     folder = synthetic_data_dir() / name
+    for split in ("train", "validation", "test"):
+        check_rows(folder / f"{split}.jsonl", SYNTHETIC_FIELDS)
     return {
         "task": name, "output_type": "generate_until",
         **_json_dataset({s: folder / f"{s}.jsonl" for s in ("train", "validation", "test")}),
@@ -159,6 +186,7 @@ def task_config(name: str, data_dir: str | Path | None = None, num_fewshot: int 
         for relative in DATA_FILES[name] if data_dir else ():
             if not (data_dir / relative).is_file():
                 raise TaskError(f"task {name!r}: data file not found: {data_dir / relative}")
+            check_rows(data_dir / relative, ROW_FIELDS[relative])
         config = BUILDERS[name](data_dir)
     if num_fewshot is not None:
         config["num_fewshot"] = num_fewshot
@@ -176,6 +204,13 @@ def check_unsafe_code(names, confirm_run_unsafe_code: bool) -> None:
             scoring.require_code_opt_in()
         except scoring.CodeExecutionNotAllowed as e:
             raise TaskError(str(e)) from None
+
+
+def check_metric(task, metric: str) -> None:
+    """`metric` ("name,filter") must be one the lm-eval task computes: found now, not after the evaluation."""
+    declared = [f"{name},{f.name}" for f in task._filters for name in task.aggregation()]
+    if metric not in declared:
+        raise TaskError(f"task.metric={metric!r}: task {task.config.task!r} reports {', '.join(declared)}")
 
 
 def build_tasks(names, data_dir=None, num_fewshot: int | None = None,

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .llada import LLaDA, LLaDAConfig
 
@@ -13,15 +13,70 @@ from .llada import LLaDA, LLaDAConfig
 NAMED_MODELS = {"tiny": Path(__file__).resolve().parents[1] / "assets" / "tiny-llada"}
 
 
+def model_folder(path: str | Path) -> Path:
+    """The folder of a shipped model's name ("tiny") or of a local path; it must exist."""
+    if str(path) in ("???", ""):
+        raise FileNotFoundError("model.path is not set: give model.path=/path/to/a/model/folder (or 'tiny')")
+    folder = NAMED_MODELS.get(str(path), Path(path).expanduser())
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model.path={path}: no such folder ({folder})")
+    return folder
+
+
+def read_json(file: Path) -> dict:
+    """A JSON object from `file`; a corrupt or missing file is one line naming it."""
+    try:
+        raw = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not readable JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / s for s in shards]
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: no weight_map")
+        shards = [folder / s for s in sorted(set(weight_map.values()))]
+        missing = [s for s in shards if not s.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]} not found (listed in {index.name})")
+        return shards
     single = folder / "model.safetensors"
     if single.exists():
         return [single]
     raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def open_safetensors(file: Path, device="cpu"):
+    """`safe_open`, whose errors name the file (it checks the header covers the file: a truncated one fails)."""
+    try:
+        return safe_open(str(file), framework="pt", device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
+
+
+def check_model_folder(path: str | Path) -> int | None:
+    """Everything loading reads before the weights, checked without reading a weight: the folder, its
+    config.json (a LLaDA one in full) and the safetensors headers (a truncated file fails here). Returns the
+    model's max sequence length, None when config.json does not say."""
+    folder = model_folder(path)
+    raw = read_json(folder / "config.json")
+    if raw.get("model_type") == "llada":
+        files = _weight_files(folder)
+        max_length = LLaDAConfig.from_json(folder / "config.json").max_sequence_length
+    else:  # transformers also reads pytorch_model.bin; the safetensors headers are checked where present
+        files = _weight_files(folder) if any(folder.glob("model.safetensors*")) else []
+        max_length = raw.get("max_position_embeddings") or raw.get("max_sequence_length")
+    for file in files:
+        with open_safetensors(file):
+            pass
+    return max_length
 
 
 def _load_tokenizer(folder: Path, trust_remote_code: bool = False):
@@ -43,7 +98,7 @@ def load_state_dict_strict(model: torch.nn.Module, files: list[Path], dtype: tor
     expected = {name: p.shape for name, p in model.named_parameters()}
     state = {}
     for file in files:
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
+        with open_safetensors(file, device) as f:
             for name in f.keys():
                 if name not in expected:
                     raise ValueError(f"{file.name}: unexpected tensor {name!r}")
@@ -79,11 +134,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     A folder whose config.json says `model_type: llada` loads into the native LLaDA implementation (KV cache
     supported); any other folder loads as a transformers masked LM (`AutoModelForMaskedLM`).
     """
-    folder = NAMED_MODELS.get(str(path), Path(path).expanduser())
-    config_file = folder / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{folder}: no config.json (expected a local Hugging Face-format model folder)")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    folder = model_folder(path)
+    model_type = read_json(folder / "config.json").get("model_type")
     if model_type == "llada":
         if shift_logits:
             raise ValueError("shift_logits applies to masked-LM checkpoints such as Dream, not LLaDA")
