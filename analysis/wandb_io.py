@@ -23,7 +23,8 @@ import pandas as pd
 from .cells import Collected, cell_row, cells_frame, missing_fields
 
 SUMMARY_SPEED = ("nfe", "tpf", "tokens", "raw_tokens", "tokens_per_second", "latency_p50", "latency_p90",
-                 "eotp_skipped")
+                 "eotp_skipped", "samples", "gen_length")
+SUMMARY_TOP = ("speedup", "speedup_q1", "speedup_q3", "nfe_ratio", "baseline_hash", "device_name")
 
 
 def _api():
@@ -78,7 +79,7 @@ def run_record(run) -> dict:
             "config": config,
             "metrics": {"accuracy": _value(summary, "accuracy"), "accuracy_stderr": _value(summary, "accuracy_stderr")},
             "speed": {key: _value(summary, key) for key in SUMMARY_SPEED},
-            "speedup": _value(summary, "speedup"), "nfe_ratio": _value(summary, "nfe_ratio"),
+            **{key: _value(summary, key) for key in SUMMARY_TOP},
             "device": _value(summary, "device", config.get("device")),
             "batch_size": _value(summary, "batch_size", config.get("batch_size"))}
 
