@@ -372,7 +372,8 @@ def plot_tau_sweep(cells: pd.DataFrame, out_dir: Path, formats: Iterable[str] = 
     name = "tau_sweep"
     if cells is None or cells.empty:
         return _skip(log, name, "no cells")
-    data = cells[(cells.strategy == "threshold")].dropna(subset=["threshold"])
+    data = cells[(cells.strategy == "threshold")]
+    data = data.dropna(subset=["threshold"]) if "threshold" in data else data.iloc[0:0]  # a knob column
     if data.empty:
         return _skip(log, name, "no threshold-strategy cells")
     paths = []

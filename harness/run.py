@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import schema
-from .decoding import ConfigError
+from .decoding import ConfigError, method_of
 from .fingerprints import cell_identity
 from .store import StoreFull, cell_lock, find_complete, full_disk_named, read_record, write_record
 
@@ -172,7 +172,7 @@ def _number(value):
 def baseline_settings(settings: dict) -> dict:
     """The plain baseline this cell's speed is compared with: same model, task, G, B, device, batch size."""
     d = settings["decoding"]
-    base = OmegaConf.to_container(OmegaConf.structured(schema.BaselineSchema), enum_to_str=True)
+    base = OmegaConf.to_container(OmegaConf.structured(schema.decoding_schema("baseline")), enum_to_str=True)
     base.update(gen_length=d["gen_length"], block_length=d["block_length"], seed=d["seed"])
     return {**settings, "decoding": base}
 
@@ -215,7 +215,7 @@ def run_cell(settings: dict, folder: Path, device: str) -> dict:
 def _run_and_record(settings: dict, digest: str, prints: dict, folder: Path, device: str) -> dict:
     started = time.perf_counter()
     record = {"status": "running", "config_hash": digest, "fingerprints": prints, "config": settings,
-              **environment()}
+              "method": method_of(settings["decoding"]), **environment()}
     samples = None
     try:
         tasks = check_cell(settings)
@@ -246,7 +246,7 @@ def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -
             log.info(f"running the baseline {base_hash} this cell is compared with")
             measured, samples = measure(base, tasks, device)  # same task: its lm-eval objects are reused
             found = {"status": "complete", "config_hash": base_hash, "fingerprints": base_prints, "config": base,
-                     **environment(), **measured,
+                     "method": method_of(base["decoding"]), **environment(), **measured,
                      "speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
             write_record(store / "baselines" / base_hash, found, samples, store)
     speed, base_speed = record["speed"], found["speed"]

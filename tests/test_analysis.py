@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.aup import aup, aup_table
-from analysis.collect import collect, method_label
+from analysis.collect import collect, knob_names, method_label
 from analysis.pareto import frontier_table, pareto_mask, plot_task
 from analysis.tables import FASTDLLM_TABLE1, LEARN2PD_TABLE1, render
 
@@ -53,10 +53,13 @@ def test_collect_reports_failed_and_incomplete_records(sweep):
 
 
 def test_method_label_names_each_knob_of_its_strategy():
-    learned = {"strategy": "learned", "threshold": None, "filter_threshold": 0.75, "outranked_threshold": 0.96,
-               "eotp": True, "cache": "dual"}
-    assert method_label(learned) == "learned τf=0.75 τo=0.96 +EoTP +dual"
-    assert method_label({**learned, "outranked_threshold": float("nan")}) == "learned τf=0.75 +EoTP +dual"
+    learned = {"strategy": "learned", "knobs": {"filter_path": "/x/filters/perm.safetensors", "filter_threshold": 0.75,
+                                                "outranked_threshold": 0.96}, "eotp": True, "cache": "dual"}
+    assert method_label(learned) == ("learned filter_path=perm.safetensors filter_threshold=0.75 "
+                                     "outranked_threshold=0.96 +EoTP +dual")
+    learned["knobs"]["outranked_threshold"] = None
+    assert method_label(learned) == "learned filter_path=perm.safetensors filter_threshold=0.75 +EoTP +dual"
+    assert method_label({"strategy": "topk", "knobs": {"k": 3}, "eotp": False, "cache": "none"}) == "topk k=3"
 
 
 def test_pareto_on_random_points():
@@ -72,7 +75,7 @@ def test_pareto_on_random_points():
 def test_frontier_table_and_plots(sweep, tmp_path):
     got = collect([sweep])
     front = frontier_table(got.cells)
-    assert list(front.method) == ["learned τf=0.96 +EoTP", "baseline +EoTP"]  # baseline: dominated
+    assert list(front.method) == ["learned filter_threshold=0.96 +EoTP", "baseline +EoTP"]  # baseline: dominated
     paths = plot_task(got.cells, "perm", "speedup", tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf", ".svg"]
     assert all(p.stat().st_size > 1000 for p in paths)
@@ -106,3 +109,24 @@ def test_tables_show_dashes_for_cells_not_run(sweep):
     assert fast.count("–") == 2  # no prefix-cache runs
     latex = render(cells, LEARN2PD_TABLE1, latex=True)
     assert "\\toprule" in latex and "\\textbf{80.00}" in latex and "–" not in latex
+
+
+def test_cells_carry_own_knobs_and_reference_flags(tmp_path):
+    """Knob columns come from each record's `method` (or, for older records, its strategy's registered knobs);
+    the baseline is the reference cell; the oracle needs the reference answer."""
+    write_cell(tmp_path, "b", "baseline", 80, 10, 1.0, 1.0)
+    write_cell(tmp_path, "o", "oracle", 99, 10, 3.0, 3.0)  # no `method`: an older record
+    write_cell(tmp_path, "k", "topk", 70, 20, 2.0, 3.0)
+    for name, extra in (("b", {"baseline_hash": "b", "timing": {"trusted": True}}),
+                        ("k", {"baseline_hash": "b", "method": {"strategy": "topk", "knobs": {"k": 3},
+                                                                 "needs_reference": False}})):
+        path = tmp_path / name / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **extra, "device_name": "cpu"}))
+    cells = collect([tmp_path]).cells.set_index("config_hash")
+    assert knob_names(cells) == ["k"]  # the stray threshold of the old records is no knob of theirs
+    assert cells.loc["b", "knobs"] == {} and cells.loc["o", "knobs"] == {}
+    assert cells.loc["k", "knobs"] == {"k": 3} and cells.loc["k", "k"] == 3 and math.isnan(cells.loc["b", "k"])
+    assert list(cells.needs_reference) == [False, False, True]  # b, k, o
+    assert list(cells.is_reference) == [True, False, False]
+    assert cells.loc["b", "timing_trusted"] is True and cells.loc["k", "device_name"] == "cpu"
+    assert method_label(cells.loc["k"]) == "topk k=3"

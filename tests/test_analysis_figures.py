@@ -9,6 +9,7 @@ from analysis.collect import collect, main as collect_main
 from analysis.figures import FIGURES, main as figures_main, make_figures, padding_share, steps_per_block_table
 from analysis.report import report_sweep
 from analysis.wandb_io import collect_wandb, log_report
+from harness.tracking import summary_of
 
 BLOCK = 8
 METHODS = [("baseline", None), ("threshold", 0.5), ("threshold", 0.7), ("threshold", 0.9), ("oracle", None),
@@ -201,13 +202,8 @@ def test_figures_cli(sweep, tmp_path, capsys):
 class FakeRun:
     def __init__(self, record, state="finished", run_id="r"):
         self.config, self.state, self.id, self.name = record.get("config", {}), state, run_id, f"run-{run_id}"
-        speed = record.get("speed", {})
-        self.summary = {"accuracy": record.get("metrics", {}).get("accuracy"),
-                        "accuracy_stderr": record.get("metrics", {}).get("accuracy_stderr"),
-                        **{k: speed.get(k) for k in ("nfe", "tpf", "tokens", "raw_tokens", "tokens_per_second",
-                                                     "latency_p50", "latency_p90", "eotp_skipped")},
-                        **{k: record.get(k) for k in ("speedup", "nfe_ratio", "config_hash", "device", "batch_size")},
-                        "_runtime": 3.0}
+        # what the sweep's W&B logging puts in a run's summary
+        self.summary = {**{k: v for k, v in summary_of(record).items() if v is not None}, "_runtime": 3.0}
 
 
 class FakeApi:

@@ -57,8 +57,8 @@ def run(model, problems: dict[str, list[dict]], rows: dict[str, dict], variants,
     for eotp, cache in variants:
         reference = {}
         for label, extra in rows.items():
-            config = DecodeConfig(gen_length=GEN_LENGTH, block_length=block_length, eotp=eotp, cache=cache,
-                                  **extra)
+            config = DecodeConfig.create(gen_length=GEN_LENGTH, block_length=block_length, eotp=eotp, cache=cache,
+                                         **extra)
             for task, probs in problems.items():
                 start = time.perf_counter()
                 r = evaluate_task(model, task, probs, config, batch_size=len(probs), reference=reference.get(task))
