@@ -11,14 +11,19 @@ from analysis.pareto import frontier_table, pareto_mask, plot_task
 from analysis.tables import FASTDLLM_TABLE1, LEARN2PD_TABLE1, render
 
 
+KNOBS = {"baseline": {}, "threshold": {"threshold": 0.9}, "learned": {"filter_threshold": 0.96}}
+
+
 def write_cell(folder, name, strategy, accuracy, tps, speedup, tpf, eotp=False, cache="none", threshold=0.9,
                task="perm", gen_length=32, status="complete", samples=2):
     cell = folder / name
     cell.mkdir(parents=True)
-    record = {"status": status, "config_hash": name,
+    knobs = {**KNOBS[strategy], **({"threshold": threshold} if strategy == "threshold" else {})}
+    record = {"status": status, "config_hash": name, "baseline_hash": "0",
               "config": {"model": {"name": "tiny"}, "task": {"name": task},
-                         "decoding": {"strategy": strategy, "threshold": threshold, "filter_threshold": 0.96,
-                                      "eotp": eotp, "cache": cache, "gen_length": gen_length, "block_length": 8}},
+                         "decoding": {"strategy": strategy, **knobs, "eotp": eotp, "cache": cache,
+                                      "gen_length": gen_length, "block_length": 8}},
+              "method": {"strategy": strategy, "knobs": knobs, "needs_reference": False},
               "metrics": {"accuracy": accuracy / 100, "accuracy_stderr": 0.02},
               "speed": {"nfe": 32 / tpf, "tpf": tpf, "tokens_per_second": tps, "latency_p50": 0.1,
                         "latency_p90": 0.2, "eotp_skipped": 0},
@@ -70,10 +75,11 @@ def test_pareto_on_random_points():
 
 
 def test_frontier_table_and_plots(sweep, tmp_path):
-    got = collect([sweep])
-    front = frontier_table(got.cells)
-    assert list(front.method) == ["learned τf=0.96 +EoTP", "baseline +EoTP"]  # baseline: dominated
-    paths = plot_task(got.cells, "perm", "speedup", tmp_path)
+    cells = collect([sweep]).cells
+    front = frontier_table(cells)
+    labels = cells.set_index("config_hash").apply(method_label, axis=1)
+    assert list(front.method) == [labels["4"], labels["5"]]  # learned +EoTP, baseline +EoTP; the rest dominated
+    paths = plot_task(cells, "perm", "speedup", tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf", ".svg"]
     assert all(p.stat().st_size > 1000 for p in paths)
 
@@ -97,12 +103,11 @@ def test_aup_depends_on_the_declared_pool(sweep):
     assert pooled.loc["threshold", "aup"] < alone.loc["threshold", "aup"]
 
 
-def test_tables_show_dashes_for_cells_not_run(sweep):
+def test_tables_from_records_show_dashes_for_cells_not_run(sweep):
     cells = collect([sweep]).cells
     md = render(cells, LEARN2PD_TABLE1)
-    assert "| perm | 32 | 10.00 / 1.00× / **80.00** | 40.00 / 4.00× / 79.00 | 20.00 / 2.00× / **80.00** |" in md
-    assert "**80.00** / **8.00**× / 79.00" in md
+    assert "| perm   |  32 |   8 | 10.00 / 1.00× / 80.00 | 40.00 / 4.00× / 79.00 | 20.00 / 2.00× / 80.00 |" in md
     fast = render(cells, FASTDLLM_TABLE1)
-    assert fast.count("–") == 2  # no prefix-cache runs
+    assert "| 80.00 / 10.00 (1.00×) | – | 78.00 / 30.00 (3.00×) | – |" in fast  # no prefix-cache runs; tau 0.9
     latex = render(cells, LEARN2PD_TABLE1, latex=True)
-    assert "\\toprule" in latex and "\\textbf{80.00}" in latex and "–" not in latex
+    assert "\\toprule" in latex and "Learn2PD \\& EoTP" in latex
