@@ -5,8 +5,8 @@
 A method family that sweeps a knob is one connected curve with its knob values marked; the frontier is a
 staircase over the competitors; cells that need the reference answer (the oracle) are grey dotted
 references outside the frontier; the plain baseline (`is_reference`) is the reference star; a cell whose
-timing is flagged is hollow, and a task with flagged timings falls back to tokens per forward on its
-speedup plot (its title says so).
+timing is flagged is hollow, and a task most of whose timings are flagged falls back to tokens per forward
+on its speedup plot (its title says so).
 """
 from __future__ import annotations
 
@@ -59,9 +59,10 @@ def frontier_table(cells: pd.DataFrame, x: str = "speedup") -> pd.DataFrame:
 
 
 def axis_for(group: pd.DataFrame, x: str) -> tuple[str, str]:
-    """The x column to draw and a note: speedup falls back to tokens per forward when timings are flagged."""
+    """The x column to draw and a note: speedup falls back to tokens per forward when most of the task's
+    timings are flagged (a few flagged cells are drawn hollow instead)."""
     untrusted = int((~trusted(group)).sum())
-    if x == "speedup" and untrusted:
+    if x == "speedup" and 2 * untrusted > len(group):
         return "tpf", (f"timings flagged on {untrusted} of {len(group)} cells: "
                        "x is tokens per forward instead of speedup")
     return x, ""
