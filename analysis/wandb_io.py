@@ -7,7 +7,7 @@ Reading: the sweep app logs each cell as one run, with `config` the resolved con
 decoding / ...) and `summary` holding accuracy, accuracy_stderr (0-1, as in result.json), nfe, tpf,
 tokens_per_second, latency_p50, latency_p90, eotp_skipped, speedup, nfe_ratio, config_hash, device,
 batch_size (tokens and raw_tokens when present). Each run becomes the record dict of a `result.json` and goes
-through `analysis.collect.cell_row`, so both sources share one cell schema. A run whose state is not
+through `analysis.cells.cell_row`, so both sources share one cell schema. A run whose state is not
 "finished" is listed in `problems`, as are runs that lack a task, strategy or accuracy; runs of job_type
 "analysis" (reports logged by `log_report`) are not cells and are passed over.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import CELL_COLUMNS, Collected, cell_row, missing_fields
+from .cells import Collected, cell_row, cells_frame, missing_fields
 
 SUMMARY_SPEED = ("nfe", "tpf", "tokens", "raw_tokens", "tokens_per_second", "latency_p50", "latency_p90",
                  "eotp_skipped")
@@ -120,7 +120,7 @@ def collect_wandb(path: str, group: str | None = None, api=None) -> Collected:
             problems.append(f"{label}: incomplete record, missing {', '.join(missing)}")
             continue
         rows.append(row)
-    return Collected(pd.DataFrame(rows, columns=CELL_COLUMNS), pd.DataFrame(), problems)
+    return Collected(cells_frame(rows), pd.DataFrame(), problems)
 
 
 def _loggable(frame: pd.DataFrame) -> pd.DataFrame:

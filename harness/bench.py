@@ -192,7 +192,7 @@ def main(argv=None) -> None:
         for label, settings in runs:
             if settings["strategy"] == "learned":
                 settings = {**settings, "filter_path": random_filter}
-            config = DecodeConfig(**decode, **settings)
+            config = DecodeConfig.create(**decode, **settings)
             model.calls, model.seconds = 0, 0.0
             synchronize(model.device)
             start = time.perf_counter()

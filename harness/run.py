@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import schema
+from .decoding import method_of
 from .store import cell_lock, config_hash, find_complete, read_record, write_record
 
 log = logging.getLogger("harness.run")
@@ -124,7 +125,7 @@ def _number(value):
 def baseline_settings(settings: dict) -> dict:
     """The plain baseline this cell's speed is compared with: same model, task, G, B, device, batch size."""
     d = settings["decoding"]
-    base = OmegaConf.to_container(OmegaConf.structured(schema.BaselineSchema), enum_to_str=True)
+    base = OmegaConf.to_container(OmegaConf.structured(schema.decoding_schema("baseline")), enum_to_str=True)
     base.update(gen_length=d["gen_length"], block_length=d["block_length"], seed=d["seed"])
     return {**settings, "decoding": base}
 
@@ -164,7 +165,8 @@ def run_cell(settings: dict, folder: Path, device: str) -> dict:
 
 def _run_and_record(settings: dict, digest: str, folder: Path, device: str) -> dict:
     started = time.perf_counter()
-    record = {"status": "running", "config_hash": digest, "config": settings, **environment()}
+    record = {"status": "running", "config_hash": digest, "config": settings,
+              "method": method_of(settings["decoding"]), **environment()}
     samples = None
     try:
         tasks = check_cell(settings)
@@ -194,7 +196,8 @@ def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -
         if found is None:
             log.info(f"running the baseline {base_hash} this cell is compared with")
             measured, samples = measure(base, tasks, device)  # same task: its lm-eval objects are reused
-            found = {"status": "complete", "config_hash": base_hash, "config": base, **environment(), **measured,
+            found = {"status": "complete", "config_hash": base_hash, "config": base,
+                     "method": method_of(base["decoding"]), **environment(), **measured,
                      "speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
             write_record(store / "baselines" / base_hash, found, samples, store)
     speed, base_speed = record["speed"], found["speed"]

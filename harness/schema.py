@@ -1,12 +1,15 @@
 """Typed schemas of the Hydra configs in `conf/`: each YAML option extends one of these, so a misspelt key,
 a wrong type or an unknown enum value fails when Hydra composes the config, before any job runs.
 
-Every decoding strategy has its own schema holding only the knobs it reads, so `decoding=oracle
-decoding.threshold=0.5` is rejected with the key named. Range checks (τ in (0, 1], G a multiple of B, ...)
-are `DecodeConfig`'s, run at the start of a job before the model loads.
+The group `decoding` has one option per registered strategy, generated from its policy's `Config` on top of
+the loop switches (`DecodingSchema`): `decoding=oracle decoding.threshold=0.5` is rejected with the key named.
+Range checks (tau in (0, 1], G a multiple of B, ...) are the policy's `validate` and `DecodeConfig`'s, run at
+the start of a job before the model loads.
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -14,16 +17,13 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
+from .decoding import POLICIES
+
 
 class Cache(Enum):
     none = "none"
     prefix = "prefix"
     dual = "dual"
-
-
-class Remasking(Enum):
-    low_confidence = "low_confidence"
-    random = "random"
 
 
 class WandbMode(Enum):
@@ -60,42 +60,15 @@ class DecodingSchema:
     seed: int = 0
 
 
-@dataclass
-class BaselineSchema(DecodingSchema):
-    strategy: str = "baseline"
-    steps: Optional[int] = None  # None: G (one token per step)
-    remasking: Remasking = Remasking.low_confidence
-
-
-@dataclass
-class ThresholdSchema(DecodingSchema):
-    strategy: str = "threshold"
-    threshold: float = 0.9
-
-
-@dataclass
-class FactorSchema(DecodingSchema):
-    strategy: str = "factor"
-    factor: float = 1.0
-
-
-@dataclass
-class EntropyBoundedSchema(DecodingSchema):
-    strategy: str = "entropy_bounded"
-    gamma: float = 0.1
-
-
-@dataclass
-class OracleSchema(DecodingSchema):
-    strategy: str = "oracle"
-
-
-@dataclass
-class LearnedSchema(DecodingSchema):
-    strategy: str = "learned"
-    filter_path: Optional[str] = II("model.filter")  # a filter file (ours or layer_2_flan.pth) or a shipped name
-    filter_threshold: float = II("model.filter_threshold")
-    outranked_threshold: Optional[float] = None  # a stricter tau_f where another position claims the token
+def decoding_schema(strategy: str) -> type[DecodingSchema]:
+    """The strategy's typed option of the group `decoding`: the loop switches and its policy's knobs, with the
+    knobs' defaults (or their `hydra_default` interpolations)."""
+    policy = POLICIES[strategy]
+    hints = typing.get_type_hints(policy.Config)
+    knobs = [(f.name, hints[f.name], field(default=f.metadata.get("hydra_default", f.default)))
+             for f in dataclasses.fields(policy.Config)]
+    return dataclasses.make_dataclass(f"{policy.__name__}Schema",
+                                      [("strategy", str, field(default=strategy)), *knobs], bases=(DecodingSchema,))
 
 
 @dataclass
@@ -134,18 +107,18 @@ class RunSchema:
 
 SCHEMAS = {
     "model": {"model_schema": ModelSchema},
-    "decoding": {"baseline_schema": BaselineSchema, "threshold_schema": ThresholdSchema,
-                 "factor_schema": FactorSchema, "entropy_bounded_schema": EntropyBoundedSchema,
-                 "oracle_schema": OracleSchema, "learned_schema": LearnedSchema},
     "task": {"task_schema": TaskSchema},
     "tracking": {"tracking_schema": TrackingSchema},
 }
 
 
 def register() -> None:
-    """Put the schemas where `conf/` YAMLs find them (their defaults lists name `<x>_schema`)."""
+    """Put the schemas where `conf/` finds them: `<x>_schema` for the YAMLs' defaults lists, and every
+    registered strategy as the option `decoding=<name>` (no YAML)."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunSchema)
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
             store.store(group=group, name=name, node=node)
+    for strategy in POLICIES:
+        store.store(group="decoding", name=strategy, node=decoding_schema(strategy))

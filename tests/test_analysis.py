@@ -6,24 +6,19 @@ import numpy as np
 import pytest
 
 from analysis.aup import aup, aup_table
-from analysis.collect import collect, method_label
+from analysis.collect import collect, knob_names, method_label
 from analysis.pareto import frontier_table, pareto_mask, plot_task
 from analysis.tables import FASTDLLM_TABLE1, LEARN2PD_TABLE1, render
-
-
-KNOBS = {"baseline": {}, "threshold": {"threshold": 0.9}, "learned": {"filter_threshold": 0.96}}
 
 
 def write_cell(folder, name, strategy, accuracy, tps, speedup, tpf, eotp=False, cache="none", threshold=0.9,
                task="perm", gen_length=32, status="complete", samples=2):
     cell = folder / name
     cell.mkdir(parents=True)
-    knobs = {**KNOBS[strategy], **({"threshold": threshold} if strategy == "threshold" else {})}
-    record = {"status": status, "config_hash": name, "baseline_hash": "0",
+    record = {"status": status, "config_hash": name,
               "config": {"model": {"name": "tiny"}, "task": {"name": task},
-                         "decoding": {"strategy": strategy, **knobs, "eotp": eotp, "cache": cache,
-                                      "gen_length": gen_length, "block_length": 8}},
-              "method": {"strategy": strategy, "knobs": knobs, "needs_reference": False},
+                         "decoding": {"strategy": strategy, "threshold": threshold, "filter_threshold": 0.96,
+                                      "eotp": eotp, "cache": cache, "gen_length": gen_length, "block_length": 8}},
               "metrics": {"accuracy": accuracy / 100, "accuracy_stderr": 0.02},
               "speed": {"nfe": 32 / tpf, "tpf": tpf, "tokens_per_second": tps, "latency_p50": 0.1,
                         "latency_p90": 0.2, "eotp_skipped": 0},
@@ -58,10 +53,13 @@ def test_collect_reports_failed_and_incomplete_records(sweep):
 
 
 def test_method_label_names_each_knob_of_its_strategy():
-    learned = {"strategy": "learned", "threshold": None, "filter_threshold": 0.75, "outranked_threshold": 0.96,
-               "eotp": True, "cache": "dual"}
-    assert method_label(learned) == "learned τf=0.75 τo=0.96 +EoTP +dual"
-    assert method_label({**learned, "outranked_threshold": float("nan")}) == "learned τf=0.75 +EoTP +dual"
+    learned = {"strategy": "learned", "knobs": {"filter_path": "/x/filters/perm.safetensors", "filter_threshold": 0.75,
+                                                "outranked_threshold": 0.96}, "eotp": True, "cache": "dual"}
+    assert method_label(learned) == ("learned filter_path=perm.safetensors filter_threshold=0.75 "
+                                     "outranked_threshold=0.96 +EoTP +dual")
+    learned["knobs"]["outranked_threshold"] = None
+    assert method_label(learned) == "learned filter_path=perm.safetensors filter_threshold=0.75 +EoTP +dual"
+    assert method_label({"strategy": "topk", "knobs": {"k": 3}, "eotp": False, "cache": "none"}) == "topk k=3"
 
 
 def test_pareto_on_random_points():
@@ -75,11 +73,10 @@ def test_pareto_on_random_points():
 
 
 def test_frontier_table_and_plots(sweep, tmp_path):
-    cells = collect([sweep]).cells
-    front = frontier_table(cells)
-    labels = cells.set_index("config_hash").apply(method_label, axis=1)
-    assert list(front.method) == [labels["4"], labels["5"]]  # learned +EoTP, baseline +EoTP; the rest dominated
-    paths = plot_task(cells, "perm", "speedup", tmp_path)
+    got = collect([sweep])
+    front = frontier_table(got.cells)
+    assert list(front.method) == ["learned filter_threshold=0.96 +EoTP", "baseline +EoTP"]  # baseline: dominated
+    paths = plot_task(got.cells, "perm", "speedup", tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf", ".svg"]
     assert all(p.stat().st_size > 1000 for p in paths)
 
@@ -111,3 +108,24 @@ def test_tables_from_records_show_dashes_for_cells_not_run(sweep):
     assert "| 80.00 / 10.00 (1.00×) | – | 78.00 / 30.00 (3.00×) | – |" in fast  # no prefix-cache runs; tau 0.9
     latex = render(cells, LEARN2PD_TABLE1, latex=True)
     assert "\\toprule" in latex and "Learn2PD \\& EoTP" in latex
+
+
+def test_cells_carry_own_knobs_and_reference_flags(tmp_path):
+    """Knob columns come from each record's `method` (or, for older records, its strategy's registered knobs);
+    the baseline is the reference cell; the oracle needs the reference answer."""
+    write_cell(tmp_path, "b", "baseline", 80, 10, 1.0, 1.0)
+    write_cell(tmp_path, "o", "oracle", 99, 10, 3.0, 3.0)  # no `method`: an older record
+    write_cell(tmp_path, "k", "topk", 70, 20, 2.0, 3.0)
+    for name, extra in (("b", {"baseline_hash": "b", "timing": {"trusted": True}}),
+                        ("k", {"baseline_hash": "b", "method": {"strategy": "topk", "knobs": {"k": 3},
+                                                                 "needs_reference": False}})):
+        path = tmp_path / name / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **extra, "device_name": "cpu"}))
+    cells = collect([tmp_path]).cells.set_index("config_hash")
+    assert knob_names(cells) == ["k"]  # the stray threshold of the old records is no knob of theirs
+    assert cells.loc["b", "knobs"] == {} and cells.loc["o", "knobs"] == {}
+    assert cells.loc["k", "knobs"] == {"k": 3} and cells.loc["k", "k"] == 3 and math.isnan(cells.loc["b", "k"])
+    assert list(cells.needs_reference) == [False, False, True]  # b, k, o
+    assert list(cells.is_reference) == [True, False, False]
+    assert cells.loc["b", "timing_trusted"] is True and cells.loc["k", "device_name"] == "cpu"
+    assert method_label(cells.loc["k"]) == "topk k=3"

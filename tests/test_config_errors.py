@@ -13,11 +13,11 @@ from harness.models.metered import Metered
     (dict(strategy="threshold", threshold=1.5), r"threshold must be in \(0, 1\]"),
     (dict(strategy="greedy"), "unknown strategy 'greedy'"),
     (dict(cache="triple"), "unknown cache 'triple'"),
-    (dict(remasking="lowest"), "unknown remasking"),
+    (dict(remasking="lowest"), "decoding.remasking must be low_confidence or random"),
 ])
 def test_bad_config_values_fail_at_construction(settings, message):
     with pytest.raises(ConfigError, match=message) as err:
-        DecodeConfig(**settings)
+        DecodeConfig.create(**settings)
     assert "\n" not in str(err.value)
 
 
@@ -30,11 +30,11 @@ def test_bad_config_values_fail_at_construction(settings, message):
 def test_bad_inputs_fail_before_any_forward(tiny, case, message):
     model = Metered(tiny)
     ids = torch.randint(0, 250, (2, 10))
-    kwargs, config = {}, DecodeConfig(gen_length=32, block_length=8)
+    kwargs, config = {}, DecodeConfig.create(gen_length=32, block_length=8)
     if case == "oracle without reference":
-        config = DecodeConfig(gen_length=32, block_length=8, strategy="oracle")
+        config = DecodeConfig.create(gen_length=32, block_length=8, strategy="oracle")
     elif case == "reference of the wrong shape":
-        config = DecodeConfig(gen_length=32, block_length=8, strategy="oracle")
+        config = DecodeConfig.create(gen_length=32, block_length=8, strategy="oracle")
         kwargs["reference"] = torch.zeros(2, 16, dtype=torch.long)
     elif case == "too long":
         ids = torch.randint(0, 250, (2, 100))

@@ -2,7 +2,7 @@
 import json
 
 from harness.decoding import DecodeConfig, generate
-from harness.learn2pd import load_filter
+from harness.learn2pd.filter import load_filter
 from harness.models import LLaDA, load_model
 from harness.models.loading import NAMED_MODELS
 from harness.tasks import TASKS, held_out
@@ -27,8 +27,8 @@ def test_shipped_model_and_filter_decode_every_task():
     for name in TASKS:
         problems = [vars(p) for p in held_out(TASKS[name])["test"][:8]]
         ids, mask = left_pad(model.tokenizer, [p["prompt"] for p in problems])
-        for config in (DecodeConfig(gen_length=32, block_length=8, eotp=True),
-                       DecodeConfig(gen_length=32, block_length=8, strategy="learned", filter_path="tiny")):
+        for config in (DecodeConfig.create(gen_length=32, block_length=8, eotp=True),
+                       DecodeConfig.create(gen_length=32, block_length=8, strategy="learned", filter_path="tiny")):
             out = generate(model, ids, config, attention_mask=mask)
             texts = answer_text(model.tokenizer, out.tokens, model.eos_token_id)
             assert not (out.tokens == model.mask_token_id).any() and all(isinstance(t, str) for t in texts)

@@ -8,7 +8,7 @@ G, B = 32, 8  # the fixture model's max length is 128
 
 
 def cfg(**kw):
-    return DecodeConfig(**{"gen_length": G, "block_length": B, **kw})
+    return DecodeConfig.create(**{"gen_length": G, "block_length": B, **kw})
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
@@ -54,8 +54,9 @@ def test_oracle_never_commits_a_wrong_token(tiny, prompts):
 @pytest.mark.parametrize("strategy", ["baseline", "threshold", "factor", "entropy_bounded"])
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 def test_eotp_output_ends_in_eos_and_saves_forwards(eos_prone, prompts, strategy, cache):
-    plain = generate(eos_prone, prompts, cfg(strategy=strategy, cache=cache, threshold=0.5))
-    out = generate(eos_prone, prompts, cfg(strategy=strategy, cache=cache, threshold=0.5, eotp=True))
+    knobs = {"threshold": 0.5} if strategy == "threshold" else {}
+    plain = generate(eos_prone, prompts, cfg(strategy=strategy, cache=cache, **knobs))
+    out = generate(eos_prone, prompts, cfg(strategy=strategy, cache=cache, eotp=True, **knobs))
     eos = eos_prone.eos_token_id
     assert (plain.tokens == eos).any(), "the fixture should predict EOS somewhere"
     for row in out.tokens:
@@ -139,9 +140,9 @@ def test_statistics_are_per_row(eos_prone, prompts):
 
 
 def test_redecodes_count_forwards_between_first_correct_prediction_and_commit(tiny, prompts):
-    config = DecodeConfig(gen_length=16, block_length=8)
+    config = DecodeConfig.create(gen_length=16, block_length=8)
     base = generate(tiny, prompts, config, trace=True)
-    oracle = generate(tiny, prompts, DecodeConfig(gen_length=16, block_length=8, strategy="oracle"),
+    oracle = generate(tiny, prompts, DecodeConfig.create(gen_length=16, block_length=8, strategy="oracle"),
                       reference=base.tokens, trace=True)
     base_counts, oracle_counts = base.trace.redecodes(base.tokens), oracle.trace.redecodes(oracle.tokens)
     for row in range(prompts.shape[0]):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from harness.decoding import ConfigError, DecodeConfig, generate
-from harness.learn2pd import Filter, TraceSet, collect, load_filter, oracle_labels, save_filter, train_filter
-from harness.learn2pd.filter import token_flags
+from harness.learn2pd.filter import Filter, load_filter, save_filter, token_flags
+from harness.learn2pd.traces import TraceSet, collect, oracle_labels
+from harness.learn2pd.training import train_filter
 from harness.models import load_model
 from harness.tasks import TASKS, held_out, vocabulary
 from harness.tasks.tokenizer import build_tokenizer
@@ -62,7 +63,7 @@ def micro():
 
 def test_collect_records_one_example_per_oracle_step(micro, tmp_path):
     prompts = [p.prompt for p in held_out(TASKS["perm"])["validation"][:12]]
-    traces = collect(micro, prompts, DecodeConfig(gen_length=G, block_length=B), batch_size=5, meta={"task": "perm"})
+    traces = collect(micro, prompts, DecodeConfig.create(gen_length=G, block_length=B), batch_size=5, meta={"task": "perm"})
     assert traces.meta["prompts"] == 12 and traces.meta["examples"] == len(traces) > 12 * (G // B) - 1
     assert traces.confidence.shape == (len(traces), B) and traces.valid.all()
     assert set(traces.prompt.tolist()) == set(range(12))
@@ -97,14 +98,14 @@ def accept_all(tmp_path_factory):
 
 
 def test_learned_at_tau_one_is_baseline(tiny, prompts, accept_all):
-    base = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B))
-    out = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned",
+    base = generate(tiny, prompts, DecodeConfig.create(gen_length=G, block_length=B))
+    out = generate(tiny, prompts, DecodeConfig.create(gen_length=G, block_length=B, strategy="learned",
                                                   filter_path=accept_all, filter_threshold=1.0))
     assert torch.equal(out.tokens, base.tokens) and torch.equal(out.nfe, base.nfe)
 
 
 def test_learned_commits_what_the_filter_accepts(tiny, prompts, accept_all):
-    out = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned",
+    out = generate(tiny, prompts, DecodeConfig.create(gen_length=G, block_length=B, strategy="learned",
                                                   filter_path=accept_all))
     assert out.nfe.tolist() == [G // B] * 3  # every block in one step
     first = tiny(torch.cat([prompts, torch.full((3, G), tiny.mask_token_id)], 1))
@@ -119,7 +120,7 @@ def test_learned_reads_the_blocks_tokens(tiny, prompts, tmp_path):
         unique.linear1.weight[:, B:] = -20 * torch.eye(B)
         unique.linear1.bias.fill_(10.0)
     path = str(save_filter(unique, tmp_path / "unique.safetensors"))
-    out = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned", filter_path=path),
+    out = generate(tiny, prompts, DecodeConfig.create(gen_length=G, block_length=B, strategy="learned", filter_path=path),
                    trace=True)
     first = out.trace.step == 0
     flags = token_flags(out.trace.prediction[first], out.trace.tokens[first], out.trace.confidence[first],
@@ -131,14 +132,14 @@ def test_learned_reads_the_blocks_tokens(tiny, prompts, tmp_path):
 def test_outranked_threshold_holds_back_positions_another_claims_more_surely(tiny, prompts, accept_all):
     """The accept-all filter with an outranked_threshold of 1: a first step commits exactly the positions
     whose token no other position claims more confidently (the quota pick is never outranked)."""
-    out = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned",
+    out = generate(tiny, prompts, DecodeConfig.create(gen_length=G, block_length=B, strategy="learned",
                                                   filter_path=accept_all, outranked_threshold=1.0), trace=True)
     first = out.trace.step == 0
     flags = token_flags(out.trace.prediction[first], out.trace.tokens[first], out.trace.confidence[first],
                         out.trace.masked[first], tiny.eos_token_id)
     assert flags["outranked"].any(), "the tiny model should predict some token twice in a first step"
     assert torch.equal(out.trace.committed[first], ~flags["outranked"])
-    loose = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B, strategy="learned",
+    loose = generate(tiny, prompts, DecodeConfig.create(gen_length=G, block_length=B, strategy="learned",
                                                     filter_path=accept_all, outranked_threshold=0.999))
     assert loose.nfe.tolist() == [G // B] * 3  # the filter's logit (100) passes any threshold below 1
 
@@ -146,7 +147,7 @@ def test_outranked_threshold_holds_back_positions_another_claims_more_surely(tin
 def test_token_features_need_traces_that_carry_them(micro, tmp_path):
     from harness.learn2pd.__main__ import main
     prompts = [p.prompt for p in held_out(TASKS["perm"])["validation"][:4]]
-    traces = collect(micro, prompts, DecodeConfig(gen_length=G, block_length=B), batch_size=4)
+    traces = collect(micro, prompts, DecodeConfig.create(gen_length=G, block_length=B), batch_size=4)
     traces.repeat = traces.outranked = None  # as written before token flags were recorded
     old = traces.save(tmp_path / "old.safetensors")
     with pytest.raises(SystemExit, match="needs token flags"):
@@ -161,7 +162,7 @@ def test_eotp_cuts_after_the_first_accepted_eos(prompts, tmp_path):
         head = eos_prone.model.transformer.ff_out.weight
         favourite = eos_prone(canvas)[:, P:].argmax(-1).flatten().mode().values
         head[eos_prone.eos_token_id] = 2 * head[favourite]
-    out = generate(eos_prone, prompts, DecodeConfig(gen_length=G, block_length=G, strategy="learned",
+    out = generate(eos_prone, prompts, DecodeConfig.create(gen_length=G, block_length=G, strategy="learned",
                                                        filter_path=accept_all_filter(tmp_path, G), eotp=True))
     predicted = eos_prone(torch.cat([prompts, torch.full((3, G), eos_prone.mask_token_id)], 1))[:, P:]
     predicted = predicted.argmax(-1)
@@ -174,16 +175,16 @@ def test_eotp_cuts_after_the_first_accepted_eos(prompts, tmp_path):
 
 
 def test_learned_needs_an_existing_filter():
-    with pytest.raises(ConfigError, match="needs filter_path"):
-        DecodeConfig(strategy="learned")
+    with pytest.raises(ConfigError, match="needs decoding.filter_path"):
+        DecodeConfig.create(strategy="learned")
     with pytest.raises(ConfigError, match="filter file not found"):
-        DecodeConfig(strategy="learned", filter_path="/nonexistent/filter.safetensors")
+        DecodeConfig.create(strategy="learned", filter_path="/nonexistent/filter.safetensors")
     with pytest.raises(ConfigError, match="filter_threshold must be in"):
-        DecodeConfig(strategy="learned", filter_path="x", filter_threshold=0)
+        DecodeConfig.create(strategy="learned", filter_path="x", filter_threshold=0)
     with pytest.raises(ConfigError, match="outranked_threshold must be in"):
-        DecodeConfig(strategy="learned", filter_path="tiny", outranked_threshold=1.5)
+        DecodeConfig.create(strategy="learned", filter_path="tiny", outranked_threshold=1.5)
     with pytest.raises(ConfigError, match=r"outranked_threshold \(0.5\) below filter_threshold \(0.8\)"):
-        DecodeConfig(strategy="learned", filter_path="tiny", filter_threshold=0.8, outranked_threshold=0.5)
+        DecodeConfig.create(strategy="learned", filter_path="tiny", filter_threshold=0.8, outranked_threshold=0.5)
 
 
 def test_token_flags_mark_repeated_and_outranked_predictions():

@@ -17,7 +17,7 @@ def state(confidence, masked=None, quota=1, prediction=None, reference=None, log
 
 
 def select(strategy, s, **settings):
-    policy = POLICIES[strategy](DecodeConfig(strategy=strategy, **settings))
+    policy = POLICIES[strategy](DecodeConfig.create(strategy=strategy, **settings))
     return policy.select(s)[0].tolist()
 
 

@@ -1,66 +1,73 @@
-"""Decoding settings: one flat, validated dataclass shared by the engine and every policy."""
+"""Decoding settings: the loop's switches plus the chosen policy's own knobs (its `Config`), validated once."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+from .policy import LOOP_SWITCHES, POLICIES, ConfigError, PolicyConfig
+
 CACHE_MODES = ("none", "prefix", "dual")
-REMASKING = ("low_confidence", "random")
-
-
-class ConfigError(ValueError):
-    """An invalid decoding setting, reported in one line before any forward pass."""
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     gen_length: int = 256  # G: masked positions appended to the prompt
     block_length: int = 32  # B: semi-autoregressive block size
-    steps: int | None = None  # total step budget of the baseline schedule; None means gen_length
     strategy: str = "baseline"  # a registered policy (see harness.decoding.policies)
-    remasking: str = "low_confidence"  # baseline's score: model confidence or a random draw
     temperature: float = 0.0  # > 0 samples predictions with Gumbel-max on float64 logits
-    threshold: float = 0.9  # threshold: commit positions with confidence > threshold
-    factor: float = 1.0  # factor: Fast-dLLM's (k+1)(1 - c_k) <= factor rule
-    gamma: float = 0.1  # entropy_bounded: entropy budget of one step
-    filter_path: str | None = None  # learned: a filter file, or a shipped filter's name ("tiny")
-    filter_threshold: float = 0.96  # learned: commit masked positions with sigma(f(c)) > filter_threshold
-    outranked_threshold: float | None = None  # learned: a stricter tau_f where another position claims the token
     eotp: bool = False  # End-of-Text Prediction: cut the canvas once EOS is predicted
     cache: str = "none"  # none | prefix | dual (Fast-dLLM KV caches, refreshed once per block)
-    seed: int = 0  # for temperature sampling and random remasking
+    seed: int = 0  # for temperature sampling and random choices of a policy
+    policy: PolicyConfig | None = None  # the strategy's knobs (its `Config`); None: its defaults
 
     def __post_init__(self):
-        from .policy import POLICIES  # late import: policies import this module
+        if self.strategy not in POLICIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {sorted(POLICIES)}")
+        knobs_type = POLICIES[self.strategy].Config
+        if self.policy is None:
+            object.__setattr__(self, "policy", knobs_type())
+        elif type(self.policy) is not knobs_type:
+            raise ConfigError(f"strategy {self.strategy!r} takes {knobs_type.__qualname__}, "
+                              f"not {type(self.policy).__qualname__}")
         if self.gen_length <= 0 or self.block_length <= 0:
             raise ConfigError(f"gen_length ({self.gen_length}) and block_length ({self.block_length}) must be > 0")
         if self.gen_length % self.block_length:
             raise ConfigError(f"gen_length ({self.gen_length}) must be a multiple of "
                               f"block_length ({self.block_length})")
-        if self.steps is not None and (self.steps <= 0 or self.steps % self.num_blocks):
-            raise ConfigError(f"steps ({self.steps}) must be a positive multiple of the number of blocks "
-                              f"({self.num_blocks} = gen_length / block_length)")
-        if self.strategy not in POLICIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {sorted(POLICIES)}")
         if self.cache not in CACHE_MODES:
             raise ConfigError(f"unknown cache {self.cache!r}; choose from {list(CACHE_MODES)}")
-        if self.remasking not in REMASKING:
-            raise ConfigError(f"unknown remasking {self.remasking!r}; choose from {list(REMASKING)}")
-        for name in ("threshold", "filter_threshold", "outranked_threshold"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value <= 1:
-                raise ConfigError(f"{name} must be in (0, 1], got {value}")
-        if self.factor <= 0 or self.gamma < 0 or self.temperature < 0:
-            raise ConfigError(f"factor must be > 0, gamma and temperature >= 0 (got factor={self.factor}, "
-                              f"gamma={self.gamma}, temperature={self.temperature})")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"decoding.temperature must be a finite number >= 0, got {self.temperature}")
+        self.policy.validate()
         POLICIES[self.strategy].check(self)
+
+    @classmethod
+    def create(cls, **settings) -> DecodeConfig:
+        """From flat settings (lm-eval model args, Hydra's `decoding`): the loop switches, and the strategy's
+        own knobs; any other key is an error naming it."""
+        switches = {k: v for k, v in settings.items() if k in LOOP_SWITCHES}
+        strategy = switches.get("strategy", cls.strategy)
+        if strategy not in POLICIES:
+            raise ConfigError(f"unknown strategy {strategy!r}; choose from {sorted(POLICIES)}")
+        policy = POLICIES[strategy]
+        knobs = {k: v for k, v in settings.items() if k not in LOOP_SWITCHES}
+        unknown = sorted(set(knobs) - set(policy.knob_names()))
+        if unknown:
+            raise ConfigError(f"unknown decoding setting(s) {unknown} for strategy {strategy!r}; its knobs: "
+                              f"{list(policy.knob_names()) or 'none'}; loop switches: {list(LOOP_SWITCHES)}")
+        return cls(**switches, policy=policy.Config(**knobs))
+
+    def with_strategy(self, strategy: str, **knobs) -> DecodeConfig:
+        """The same loop switches with another strategy (its defaults unless `knobs` say otherwise)."""
+        return DecodeConfig.create(**{**self.loop_switches(), "strategy": strategy, **knobs})
+
+    def loop_switches(self) -> dict:
+        return {name: getattr(self, name) for name in LOOP_SWITCHES}
 
     @property
     def num_blocks(self) -> int:
         return self.gen_length // self.block_length
 
-    @property
-    def steps_per_block(self) -> int:
-        return (self.steps or self.gen_length) // self.num_blocks
-
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Flat: the loop switches, the strategy and its own knobs (nothing of other strategies)."""
+        return self.loop_switches() | asdict(self.policy)

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from ..models.llada import KVCache
-from .config import ConfigError, DecodeConfig
-from .policy import POLICIES, Policy, StepState
+from .config import DecodeConfig
+from .policy import POLICIES, ConfigError, Policy, StepState
 
 
 @dataclass
@@ -107,8 +107,10 @@ class Canvas:
         self.keys &= ~beyond
 
 
-def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask, reference) -> Policy:
-    """Every error a decode can hit, raised in one line before the first forward."""
+def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask, reference,
+                 policy: Policy | None) -> Policy:
+    """Every error a decode can hit, raised in one line before the first forward. Returns the policy (built
+    here when none is given)."""
     if input_ids.dim() != 2:
         raise ConfigError(f"input_ids must be [batch, prompt_length], got shape {tuple(input_ids.shape)}")
     total = input_ids.shape[1] + config.gen_length
@@ -120,7 +122,12 @@ def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask,
                           f"input_ids {tuple(input_ids.shape)}")
     if config.cache != "none" and not getattr(model, "supports_cache", False):
         raise ConfigError(f"{type(model).__name__} has no KV cache; use cache='none'")
-    policy = POLICIES[config.strategy](config)
+    if policy is None:
+        policy = POLICIES[config.strategy](config)
+    elif not policy.fits(config):
+        raise ConfigError(f"policy {policy.name!r} {policy.config} (block_length {policy.block_length}) was built "
+                          f"for other settings than {config.strategy!r} {config.policy} "
+                          f"(block_length {config.block_length})")
     if policy.needs_reference:
         if reference is None:
             raise ConfigError(f"strategy {config.strategy!r} needs reference= (a baseline decode's tokens)")
@@ -168,12 +175,13 @@ def eotp_end(canvas: Canvas, rows: Tensor, logits: Tensor, lo: int, committed_eo
 
 @torch.no_grad()
 def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: Tensor | None = None,
-             reference: Tensor | None = None, trace: bool = False) -> DecodeOutput:
-    """Decode `gen_length` tokens after each (left-padded) prompt with `config.strategy`."""
+             reference: Tensor | None = None, trace: bool = False, policy: Policy | None = None) -> DecodeOutput:
+    """Decode `gen_length` tokens after each (left-padded) prompt with `config.strategy`. `policy`: one built
+    for `config` (once per run, e.g. a learned filter loaded once); built here when not given."""
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
         attention_mask = None if attention_mask is None else attention_mask[None]
-    policy = check_inputs(model, input_ids, config, attention_mask, reference)
+    policy = check_inputs(model, input_ids, config, attention_mask, reference, policy)
     start_time = time.perf_counter()
     device = model.device
     input_ids = input_ids.to(device)
@@ -182,7 +190,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
     if reference is not None:
         reference = reference.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    batch, P, B, S = input_ids.shape[0], canvas.prompt_length, config.block_length, config.steps_per_block
+    batch, P, B, S = input_ids.shape[0], canvas.prompt_length, config.block_length, policy.steps_per_block(config)
     steps_per_block = torch.zeros(batch, config.num_blocks, dtype=torch.long, device=device)
     committed_log: list[Tensor] = []  # [batch] per global step; -1 for rows not fed at that step
     finish_time = torch.full((batch,), float("nan"))

@@ -1,7 +1,3 @@
-"""Learn2PD (arXiv 2509.25188): the learned filter, its oracle traces and its training."""
-from .filter import Filter, load_filter, resolve_filter, save_filter
-from .traces import TraceSet, collect, oracle_labels
-from .training import train_filter
-
-__all__ = ["Filter", "TraceSet", "collect", "load_filter", "oracle_labels", "resolve_filter", "save_filter",
-           "train_filter"]
+"""Learn2PD (arXiv 2509.25188): the learned filter (`filter`), its oracle traces (`traces`) and its training
+(`training`). Import the submodules: the package itself imports nothing, so that the decoding package can use
+the filter while `traces` uses the decoding package, without an import cycle."""

@@ -67,8 +67,8 @@ def main(argv=None):
 
     if args.command == "collect":
         from ..models import load_model
-        config = DecodeConfig(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
-                              eotp=args.eotp)
+        config = DecodeConfig.create(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
+                                     eotp=args.eotp)
         prompts = read_prompts(args)
         model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
         if model.tokenizer is None:

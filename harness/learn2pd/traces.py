@@ -4,7 +4,7 @@ the B labels `prediction == reference`. One example per step."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from ..decoding import DecodeConfig, generate
+from ..decoding import POLICIES, DecodeConfig, generate
 from .filter import TOKEN_FEATURES, token_flags
 
 
@@ -64,9 +64,12 @@ def oracle_labels(trace, reference: Tensor, block_length: int) -> Tensor:
 @torch.no_grad()
 def collect(model, prompts: list[str], config: DecodeConfig, batch_size: int = 32, meta: dict | None = None,
             chat_template: bool = False) -> TraceSet:
-    """Baseline reference + traced oracle rollout for every prompt (raw prompts by default, as the paper)."""
+    """Baseline reference + traced oracle rollout for every prompt (raw prompts by default, as the paper).
+    `config`: the reference's baseline settings (a non-baseline strategy gives way to the default baseline)."""
     tokenizer = model.tokenizer
-    baseline = replace(config, strategy="baseline")
+    baseline = config if config.strategy == "baseline" else config.with_strategy("baseline")
+    oracle = config.with_strategy("oracle")
+    baseline_policy, oracle_policy = (POLICIES[c.strategy](c) for c in (baseline, oracle))  # once, not per batch
     parts = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="collect", unit="batch"):
         texts = prompts[start:start + batch_size]
@@ -74,9 +77,10 @@ def collect(model, prompts: list[str], config: DecodeConfig, batch_size: int = 3
             texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                                                    add_generation_prompt=True) for t in texts]
         batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=not chat_template)
-        reference = generate(model, batch.input_ids, baseline, attention_mask=batch.attention_mask).tokens
-        out = generate(model, batch.input_ids, replace(config, strategy="oracle"),
-                       attention_mask=batch.attention_mask, reference=reference, trace=True)
+        reference = generate(model, batch.input_ids, baseline, attention_mask=batch.attention_mask,
+                             policy=baseline_policy).tokens
+        out = generate(model, batch.input_ids, oracle, attention_mask=batch.attention_mask, reference=reference,
+                       trace=True, policy=oracle_policy)
         trace = out.trace
         tokens = trace.tokens.masked_fill(~trace.valid, model.eos_token_id)  # padding past a cut reads as EOS
         flags = token_flags(trace.prediction, tokens, trace.confidence, trace.masked, model.eos_token_id)
@@ -84,7 +88,7 @@ def collect(model, prompts: list[str], config: DecodeConfig, batch_size: int = 3
                           valid=trace.valid, step=trace.step, prompt=trace.row + start, **flags))
     tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     meta = {**(meta or {}), "gen_length": config.gen_length, "block_length": config.block_length,
-            "steps": config.steps or config.gen_length, "eotp": config.eotp, "cache": config.cache,
+            "steps": baseline.policy.steps or config.gen_length, "eotp": config.eotp, "cache": config.cache,
             "prompts": len(prompts), "examples": len(tensors["step"]),
             "positive_rate": tensors["label"][tensors["valid"]].float().mean().item()}
     return TraceSet(**tensors, meta=meta)

@@ -26,7 +26,6 @@ from ..decoding import POLICIES, ConfigError, DecodeConfig, generate
 from ..models import load_model
 from ..models.metered import synchronize
 
-DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeConfig)}
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default when a task sets no max_gen_toks
 
 
@@ -49,14 +48,12 @@ def counted_tokens(tokenizer, text: str, eos_id: int) -> int:
 
 
 def decode_config(fields: dict) -> tuple[DecodeConfig, int | None]:
-    """Validate decoding fields now, before any weights load. Returns the config and the fixed generation
-    length (None: set per request from its max_gen_toks; the config then holds a placeholder G = B)."""
-    unknown = set(fields) - DECODE_FIELDS
-    if unknown:
-        raise ConfigError(f"unknown decoding argument(s) {sorted(unknown)}; known: {sorted(DECODE_FIELDS)}")
+    """Validate flat decoding fields (loop switches and the strategy's knobs) now, before any weights load.
+    Returns the config and the fixed generation length (None: set per request from its max_gen_toks; the
+    config then holds a placeholder G = B)."""
     fixed = fields.get("gen_length")
     placeholder = fields.get("block_length", DecodeConfig.block_length)
-    return DecodeConfig(**{**fields, "gen_length": fixed or placeholder}), fixed
+    return DecodeConfig.create(**{**fields, "gen_length": fixed or placeholder}), fixed
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,8 +76,14 @@ class DLLM(LM):
                  max_batch_size=None, **decoding_fields):
         super().__init__()
         if isinstance(decoding, DecodeConfig):
-            decoding = dataclasses.asdict(decoding)
+            decoding = decoding.to_dict()
         self.decoding, self.fixed_gen_length = decode_config({**(decoding or {}), **decoding_fields})
+        # built once for the whole run, outside any timed region (a learned policy loads its filter here)
+        self.policy = POLICIES[self.decoding.strategy](self.decoding)
+        self.reference_policy = None  # the oracle's reference: a plain baseline decode, its policy built once
+        if self.policy.needs_reference:
+            reference = self.decoding.with_strategy("baseline")
+            self.reference_policy = POLICIES[reference.strategy](reference)
         if str(batch_size).startswith("auto"):
             raise ConfigError("batch_size=auto is not supported by dllm; give an integer")
         self.batch_size = int(batch_size)
@@ -189,12 +192,13 @@ class DLLM(LM):
     def _decode(self, prompts: list[list[int]], config: DecodeConfig, until: list[str]):
         ids, mask = self.encode(prompts, config.gen_length)
         reference = None
-        if POLICIES[config.strategy].needs_reference:  # the oracle replays a baseline decode (not timed)
-            reference = generate(self.model, ids, dataclasses.replace(config, strategy="baseline"),
-                                 attention_mask=mask).tokens
+        if self.reference_policy is not None:  # the oracle replays a baseline decode (not timed)
+            reference = generate(self.model, ids, config.with_strategy("baseline"), attention_mask=mask,
+                                 policy=self.reference_policy).tokens
         synchronize(self.device)
         start = time.perf_counter()
-        out = generate(self.model, ids, config, attention_mask=mask, reference=reference, trace=self.trace)
+        out = generate(self.model, ids, config, attention_mask=mask, reference=reference, trace=self.trace,
+                       policy=self.policy)
         synchronize(self.device)
         seconds = time.perf_counter() - start
         eos = self.model.eos_token_id
@@ -249,7 +253,7 @@ class DLLM(LM):
         return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
                 else "cpu", "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
                 "batch_size": self.batch_size, "warmup": self.warmup, "repeats": 1, "threads": torch.get_num_threads(),
-                "torch": torch.__version__, "decoding": dataclasses.asdict(self.decoding) |
+                "torch": torch.__version__, "decoding": self.decoding.to_dict() |
                 {"gen_length": self.fixed_gen_length or "max_gen_toks"}}
 
     def speed(self, task: str) -> dict:

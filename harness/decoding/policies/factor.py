@@ -1,12 +1,22 @@
+from dataclasses import dataclass
+
 import torch
 
-from ..policy import Policy, prefix_length, register_policy, top_k
+from ..policy import Policy, PolicyConfig, prefix_length, register_policy, top_k
 
 
 @register_policy("factor")
 class Factor(Policy):
     """Fast-dLLM's factor rule: with the block's masked confidences sorted c_1 >= c_2 >= ..., commit the
     longest prefix with (k + 1)(1 - c_k) <= factor for every k in it (k = 1 always)."""
+
+    @dataclass(frozen=True)
+    class Config(PolicyConfig):
+        factor: float = 1.0  # f in (k + 1)(1 - c_k) <= f; larger commits more per step
+
+        def validate(self):
+            super().validate()
+            self.require("factor", self.factor > 0, "> 0")
 
     def select(self, state):
         conf = state.confidence.masked_fill(~state.masked, -1.0).sort(-1, descending=True).values

@@ -1,8 +1,10 @@
 import math
+from dataclasses import dataclass, field
 
 import torch
 
-from ..policy import ConfigError, Policy, register_policy, top_k
+from ...learn2pd.filter import load_filter, resolve_filter
+from ..policy import ConfigError, Policy, PolicyConfig, register_policy, top_k
 
 
 def logit(tau: float) -> float:
@@ -19,27 +21,41 @@ class Learned(Policy):
     or predicts more confidently must pass a stricter threshold: one token committed twice in a step is the
     typical parallel-decoding conflict (`return x * 1 + x`), while some answers do repeat a token."""
 
-    def __init__(self, config):
-        super().__init__(config)
-        from ...learn2pd.filter import load_filter
-        self.filter = load_filter(config.filter_path)
-        if self.filter.block_length != config.block_length:
-            raise ConfigError(f"filter {config.filter_path} was trained for block_length "
-                              f"{self.filter.block_length}, not {config.block_length}")
-        self.logit_threshold = logit(config.filter_threshold)
-        tau_o = config.outranked_threshold
+    @dataclass(frozen=True)
+    class Config(PolicyConfig):
+        # a filter file (ours or layer_2_flan.pth) or a shipped name ("tiny"); Hydra: the model's own filter
+        filter_path: str | None = field(default=None, metadata={"hydra_default": "${model.filter}"})
+        # tau_f: commit masked positions with sigma(f(c)) > tau_f (the paper's 0.96, or the model filter's)
+        filter_threshold: float = field(default=0.96, metadata={"hydra_default": "${model.filter_threshold}"})
+        outranked_threshold: float | None = None  # a stricter tau_f where another position claims the token
+
+        def validate(self):
+            super().validate()
+            for knob in ("filter_threshold", "outranked_threshold"):
+                value = getattr(self, knob)
+                self.require(knob, value is None or 0 < value <= 1, "in (0, 1]")
+            if self.outranked_threshold is not None and self.outranked_threshold < self.filter_threshold:
+                raise ConfigError(f"decoding.outranked_threshold ({self.outranked_threshold}) below "
+                                  f"filter_threshold ({self.filter_threshold}) would change nothing; "
+                                  f"it can only be stricter")
+
+    def __init__(self, decoding):
+        super().__init__(decoding)
+        self.filter = load_filter(self.config.filter_path)
+        if self.filter.block_length != decoding.block_length:
+            raise ConfigError(f"filter {self.config.filter_path} was trained for block_length "
+                              f"{self.filter.block_length}, not {decoding.block_length}")
+        self.logit_threshold = logit(self.config.filter_threshold)
+        tau_o = self.config.outranked_threshold
         self.outranked_logit_threshold = None if tau_o is None else logit(tau_o)
 
     @classmethod
-    def check(cls, config):
-        from ...learn2pd.filter import resolve_filter
-        if not config.filter_path:
-            raise ConfigError("strategy 'learned' needs filter_path= (a trained filter file, or 'tiny')")
-        if not resolve_filter(config.filter_path).is_file():
-            raise ConfigError(f"filter file not found: {resolve_filter(config.filter_path)}")
-        if config.outranked_threshold is not None and config.outranked_threshold < config.filter_threshold:
-            raise ConfigError(f"outranked_threshold ({config.outranked_threshold}) below filter_threshold "
-                              f"({config.filter_threshold}) would change nothing; it can only be stricter")
+    def check(cls, decoding):
+        path = decoding.policy.filter_path
+        if not path:
+            raise ConfigError("strategy 'learned' needs decoding.filter_path (a trained filter file, or 'tiny')")
+        if not resolve_filter(path).is_file():
+            raise ConfigError(f"filter file not found: {resolve_filter(path)}")
 
     def select(self, state):
         if self.filter.linear1.weight.device != state.confidence.device:

@@ -1,10 +1,20 @@
-from ..policy import Policy, register_policy, top_k
+from dataclasses import dataclass
+
+from ..policy import Policy, PolicyConfig, register_policy, top_k
 
 
 @register_policy("threshold")
 class Threshold(Policy):
     """Fast-dLLM: commit every masked position whose confidence exceeds tau, and always the most confident
     one so a block never stalls. Strictly greater, so tau = 1 reduces to one token per step."""
+
+    @dataclass(frozen=True)
+    class Config(PolicyConfig):
+        threshold: float = 0.9  # tau: commit positions with confidence > tau (Fast-dLLM's 0.9)
+
+        def validate(self):
+            super().validate()
+            self.require("threshold", 0 < self.threshold <= 1, "in (0, 1]")
 
     def select(self, state):
         confident = state.masked & (state.confidence > self.config.threshold)
