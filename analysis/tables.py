@@ -104,10 +104,12 @@ def cell_text(cell: pd.Series, layout: Layout) -> str:
 
 def fill(cells: pd.DataFrame, layout: Layout) -> tuple[pd.DataFrame, list[str]]:
     """The layout's table (rows: the sweep's (task, G, B); a dash where its cell was not run) and its notes:
-    the knob values of each column, ambiguities, untrusted timings, what was measured."""
+    each column's setting (every knob of the cells shown; the declared one where none ran), ambiguities,
+    untrusted timings, what was measured."""
     keys = row_keys(cells)
     rows, notes, flagged = [], [], False
     picked = {c.label: matches(cells, c) for c in layout.columns}
+    shown: dict[str, list[str]] = {c.label: [] for c in layout.columns}  # the settings of the cells shown
     for key, _ in cells.groupby(keys, dropna=False, sort=True):
         row = {ROW_KEYS.get(k, k): ("–" if pd.isna(v) else str(int(v)) if isinstance(v, float) else str(v))
                for k, v in zip(keys, key)}
@@ -121,12 +123,14 @@ def fill(cells: pd.DataFrame, layout: Layout) -> tuple[pd.DataFrame, list[str]]:
                 notes.append(f"{c.label}, {'/'.join(map(str, key))}: {len(found)} cells match; shown "
                              f"{method_label(found.iloc[0])} ({found.iloc[0].config_hash})")
             row[c.label] = cell_text(found.iloc[0], layout)
+            shown[c.label] = list(dict.fromkeys([*shown[c.label], method_label(found.iloc[0])]))
             flagged |= not trusted(found.iloc[:1]).iloc[0]
         rows.append(row)
     table = pd.DataFrame(rows, columns=[ROW_KEYS.get(k, k) for k in keys] + [c.label for c in layout.columns])
     used = pd.concat([p for p in picked.values() if not p.empty]) if any(not p.empty for p in picked.values()) \
         else cells.iloc[:0]
-    notes = ["columns: " + "; ".join(f"{c.label} = {c.describe()}" for c in layout.columns),
+    notes = ["columns: " + "; ".join(f"{c.label} = {' | '.join(shown[c.label]) or c.describe()}"
+                                      for c in layout.columns),
              f"cells: {layout.cell_note}; " + caption(used if not used.empty else cells, errors=False)] + notes
     return table, notes + ([UNTRUSTED_NOTE] if flagged else [])
 
