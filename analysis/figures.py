@@ -29,7 +29,7 @@ import pandas as pd
 
 from .collect import collect_and_report, method_label
 from .style import (UNTRUSTED, caption, colours_for, column, families, flag, marker, method_order,
-                    strategy_order, trusted)
+                    strategy_order, swept_knob, trusted)
 
 FORMATS = ("png", "pdf", "svg")
 FIGURES = ("speedup_vs_gen_length", "steps_per_block", "redecodes", "padding_share", "knob_sweep")
@@ -192,6 +192,12 @@ def plot_speedup_vs_gen_length(cells: pd.DataFrame, out_dir: Path, formats: Iter
                             fmt="none", ecolor=colour, capsize=2, lw=0.8)
             ax.scatter(g, line.y, marker=shape, edgecolors=colour, s=30, zorder=3,
                        facecolors=[colour if ok or y != "speedup" else "none" for ok in line.trusted])
+            siblings = group[(group.strategy == pts.strategy.iloc[0]) & (group.eotp == pts.eotp.iloc[0])
+                             & (group.cache == pts.cache.iloc[0])]
+            knob = swept_knob(siblings)  # lines of one colour and style: their knob value at the line's end
+            if knob:
+                ax.annotate(f"{pts[knob].iloc[0]:g}", (g[-1], line.y.iloc[-1]), textcoords="offset points",
+                            xytext=(4, 0), fontsize=6, color=colour, va="center")
         ax.axhline(1.0, color="grey", lw=0.8, zorder=0)
         lengths = sorted(group["gen_length"].unique())
         ax.set_xscale("log", base=2)
