@@ -193,10 +193,11 @@ def main(argv=None) -> None:
             if settings["strategy"] == "learned":
                 settings = {**settings, "filter_path": random_filter}
             config = DecodeConfig.create(**decode, **settings)
+            policy = config.build_policy()  # built (a filter loaded) before the clock starts
             model.calls, model.seconds = 0, 0.0
             synchronize(model.device)
             start = time.perf_counter()
-            out = generate(model, ids, config, reference=reference)
+            out = generate(model, ids, config, reference=reference, policy=policy)
             synchronize(model.device)
             wall = time.perf_counter() - start
             if label == "baseline":

@@ -30,7 +30,7 @@ def test_bad_config_values_fail_at_construction(settings, message):
 def test_bad_inputs_fail_before_any_forward(tiny, case, message):
     model = Metered(tiny)
     ids = torch.randint(0, 250, (2, 10))
-    kwargs, config = {}, DecodeConfig.create(gen_length=32, block_length=8)
+    kwargs, config = {}, DecodeConfig(gen_length=32, block_length=8)
     if case == "oracle without reference":
         config = DecodeConfig.create(gen_length=32, block_length=8, strategy="oracle")
     elif case == "reference of the wrong shape":

@@ -67,7 +67,7 @@ def test_decoding_on_cuda_gives_the_cpu_answers(default_model, task):
         for model in (default_model, on_cuda):
             reference = None
             if config.strategy == "oracle":
-                reference = evaluate_task(model, task, problems, DecodeConfig.create(gen_length=32, block_length=8)).tokens
+                reference = evaluate_task(model, task, problems, DecodeConfig(gen_length=32, block_length=8)).tokens
             runs.append(evaluate_task(model, task, problems, config, reference=reference))
         cpu, cuda = runs
         same = sum(a == b for a, b in zip(cpu.outputs, cuda.outputs)) / len(problems)

@@ -140,7 +140,7 @@ def test_statistics_are_per_row(eos_prone, prompts):
 
 
 def test_redecodes_count_forwards_between_first_correct_prediction_and_commit(tiny, prompts):
-    config = DecodeConfig.create(gen_length=16, block_length=8)
+    config = DecodeConfig(gen_length=16, block_length=8)
     base = generate(tiny, prompts, config, trace=True)
     oracle = generate(tiny, prompts, DecodeConfig.create(gen_length=16, block_length=8, strategy="oracle"),
                       reference=base.tokens, trace=True)

@@ -63,7 +63,7 @@ def micro():
 
 def test_collect_records_one_example_per_oracle_step(micro, tmp_path):
     prompts = [p.prompt for p in held_out(TASKS["perm"])["validation"][:12]]
-    traces = collect(micro, prompts, DecodeConfig.create(gen_length=G, block_length=B), batch_size=5, meta={"task": "perm"})
+    traces = collect(micro, prompts, DecodeConfig(gen_length=G, block_length=B), batch_size=5, meta={"task": "perm"})
     assert traces.meta["prompts"] == 12 and traces.meta["examples"] == len(traces) > 12 * (G // B) - 1
     assert traces.confidence.shape == (len(traces), B) and traces.valid.all()
     assert set(traces.prompt.tolist()) == set(range(12))
@@ -98,7 +98,7 @@ def accept_all(tmp_path_factory):
 
 
 def test_learned_at_tau_one_is_baseline(tiny, prompts, accept_all):
-    base = generate(tiny, prompts, DecodeConfig.create(gen_length=G, block_length=B))
+    base = generate(tiny, prompts, DecodeConfig(gen_length=G, block_length=B))
     out = generate(tiny, prompts, DecodeConfig.create(gen_length=G, block_length=B, strategy="learned",
                                                   filter_path=accept_all, filter_threshold=1.0))
     assert torch.equal(out.tokens, base.tokens) and torch.equal(out.nfe, base.nfe)
@@ -120,8 +120,8 @@ def test_learned_reads_the_blocks_tokens(tiny, prompts, tmp_path):
         unique.linear1.weight[:, B:] = -20 * torch.eye(B)
         unique.linear1.bias.fill_(10.0)
     path = str(save_filter(unique, tmp_path / "unique.safetensors"))
-    out = generate(tiny, prompts, DecodeConfig.create(gen_length=G, block_length=B, strategy="learned", filter_path=path),
-                   trace=True)
+    config = DecodeConfig.create(gen_length=G, block_length=B, strategy="learned", filter_path=path)
+    out = generate(tiny, prompts, config, trace=True)
     first = out.trace.step == 0
     flags = token_flags(out.trace.prediction[first], out.trace.tokens[first], out.trace.confidence[first],
                         out.trace.masked[first], tiny.eos_token_id)
@@ -147,7 +147,7 @@ def test_outranked_threshold_holds_back_positions_another_claims_more_surely(tin
 def test_token_features_need_traces_that_carry_them(micro, tmp_path):
     from harness.learn2pd.__main__ import main
     prompts = [p.prompt for p in held_out(TASKS["perm"])["validation"][:4]]
-    traces = collect(micro, prompts, DecodeConfig.create(gen_length=G, block_length=B), batch_size=4)
+    traces = collect(micro, prompts, DecodeConfig(gen_length=G, block_length=B), batch_size=4)
     traces.repeat = traces.outranked = None  # as written before token flags were recorded
     old = traces.save(tmp_path / "old.safetensors")
     with pytest.raises(SystemExit, match="needs token flags"):

@@ -149,7 +149,7 @@ def test_errors_come_before_any_model_is_loaded(no_model_load, tmp_path):
     rolling.pop("process_results")
     with pytest.raises(TaskError, match="loglikelihood_rolling"):
         build_tasks([rolling])
-    with pytest.raises(ConfigError, match="unknown decoding argument"):
+    with pytest.raises(ConfigError, match="unknown decoding setting"):
         DLLM("tiny", treshold=0.5)
     with pytest.raises(ConfigError, match="multiple"):
         DLLM("tiny", gen_length=30, block_length=8)

@@ -22,10 +22,11 @@ def test_loads_as_masked_lm_and_decodes(bert_folder):
     assert isinstance(model, MaskedLM) and not model.supports_cache
     assert (model.mask_token_id, model.eos_token_id, model.vocab_size, model.max_length) == (63, 62, 64, 96)
     ids = torch.randint(0, 60, (2, 8))
-    out = generate(model, ids, DecodeConfig.create(gen_length=16, block_length=8))
+    out = generate(model, ids, DecodeConfig(gen_length=16, block_length=8))
     assert out.tokens.shape == (2, 16) and out.nfe.tolist() == [16, 16]
     assert not (out.tokens == 63).any()
-    fast = generate(model, ids, DecodeConfig.create(gen_length=16, block_length=8, strategy="threshold", threshold=0.01))
+    fast = generate(model, ids, DecodeConfig.create(gen_length=16, block_length=8, strategy="threshold",
+                                                    threshold=0.01))
     assert (fast.nfe < 16).all()
 
 

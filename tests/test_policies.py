@@ -53,3 +53,27 @@ def test_oracle_commits_matches_or_forces_one():
     assert select("oracle", s) == [True, False, True]
     s = state([0.3, 0.9, 0.5], prediction=[1, 1, 1], reference=[4, 7, 6])
     assert select("oracle", s) == [False, True, False]
+
+
+def test_topk_commits_the_k_most_confident_masked_whatever_their_confidence():
+    s = state([0.1, 0.3, 0.2, 0.99, 0.05], masked=[True, True, True, False, True])
+    assert select("topk", s, k=2) == [False, True, True, False, False]
+    assert select("topk", s, k=3) == [True, True, True, False, False]
+    assert select("topk", s, k=9) == [True, True, True, False, True]  # fewer masked than k: all of them
+
+
+def test_margin_commits_above_the_margin_threshold_or_the_best_one():
+    # p(top-1), p(top-2) per position: margins 0.9, 0.2, 0.96, 0.5 (position 2 is already decoded)
+    probs = torch.tensor([[[.95, .05, 0, 0], [.5, .3, .2, 0], [.98, .02, 0, 0], [.6, .1, .1, .2]]])
+    logits = probs.clamp(min=1e-9).log()
+    s = state([0.95, 0.5, 0.98, 0.6], masked=[True, True, False, True], logits=logits)
+    assert select("margin", s, margin_threshold=0.8) == [True, False, False, False]
+    assert select("margin", s, margin_threshold=0.4) == [True, False, False, True]
+    # none above 0.95: only the largest margin among the masked (not the decoded position 2)
+    assert select("margin", s, margin_threshold=0.95) == [True, False, False, False]
+    # both above tau = 0.9, but the first one's runner-up is close enough that its margin (0.87) is not
+    rival = torch.tensor([[[.93, .06, .01, 0], [.96, .02, .02, 0], [.5, .3, .2, 0]]]).clamp(min=1e-9).log()
+    s = state([0.93, 0.96, 0.5], logits=rival)
+    assert select("threshold", s, threshold=0.9) == [True, True, False]
+    assert select("margin", s, margin_threshold=0.9) == [False, True, False]
+    assert select("margin", s, margin_threshold=0.1) == [True, True, True]  # margins 0.87, 0.94, 0.2

@@ -2,6 +2,7 @@
 when complete, recorded as failed without stopping a sweep, and real multiruns (joblib; killed and
 restarted) write each record exactly once. W&B runs offline and is read back with its own tool."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 import harness.run  # noqa: F401  (registers the schemas)
 from analysis.collect import collect
 from harness import tracking
+from harness.decoding import POLICIES
 from harness.run import cell_settings, run_cell
 from harness.store import config_hash
 from hydra_plugins.dllm_harness.grids_sweeper import GridsSweeper
@@ -26,7 +28,8 @@ from hydra_plugins.dllm_harness.grids_sweeper import GridsSweeper
 from .conftest import REPO
 
 CONF = REPO / "conf"
-GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "decoding", "task", "tracking")}
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "task", "tracking")}
+GROUPS["decoding"] = sorted(POLICIES)  # generated from the registry (harness/schema.py), no YAML
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
@@ -219,3 +222,31 @@ def test_offline_wandb_run_holds_config_and_summary(tmp_path):
     assert inspected["config"]["task"]["name"] == "perm" and inspected["config"]["decoding"]["strategy"] == "threshold"
     assert inspected["summary"]["accuracy"] == pytest.approx(record["metrics"]["accuracy"])
     assert inspected["summary"]["config_hash"] == record["config_hash"]
+
+
+def test_new_strategies_need_only_their_file_to_run_record_and_be_analysed(tmp_path):
+    """topk and margin (one file each in harness/decoding/policies/) through a real two-task sweep: their
+    records carry their own knobs, and the report's cells, AUP and Pareto plots include them."""
+    grids = "hydra.sweeper.grids=[{decoding: topk, decoding.k: '2,3'}, {decoding: margin}]"
+    run = harness_cli("-m", "hydra/sweeper=grids", grids, "task=arith,perm", "task.limit=8", "batch_size=4",
+                      "warmup=0", "tracking=disabled", store=tmp_path, analyse=True)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-3000:]
+    records = complete_records(tmp_path)
+    methods = sorted((r["config"]["task"]["name"], r["method"]["strategy"], tuple(r["method"]["knobs"].items()))
+                     for r in records.values() if r["method"]["strategy"] != "baseline")
+    assert methods == [(task, *m) for task in ("arith", "perm") for m in
+                       (("margin", (("margin_threshold", 0.9),)), ("topk", (("k", 2),)), ("topk", (("k", 3),)))]
+    topk = [r for r in records.values() if r["method"]["strategy"] == "topk"]
+    for r in topk:  # k per step, exactly: ceil(B / k) forwards per block
+        B = r["config"]["decoding"]["block_length"]
+        assert r["speed"]["nfe"] == r["speed"]["gen_length"] // B * math.ceil(B / r["method"]["knobs"]["k"])
+    cells = collect([tmp_path]).cells
+    assert {"k", "margin_threshold"} <= set(cells.columns) and cells.is_reference.sum() == 2  # two baselines
+    report = (tmp_path / "tables.md").read_text()
+    aup = report[report.index("## AUP"):report.index("## Paper tables")]
+    for label in ("topk k=2", "topk k=3", "margin margin_threshold=0.9"):
+        assert label in report
+    assert "| topk |" in aup and "| margin |" in aup  # a method family per strategy, its knob along the curve
+    for task in ("arith", "perm"):
+        assert (tmp_path / f"pareto_{task}.png").stat().st_size > 0

@@ -3,8 +3,17 @@ registered policy."""
 from . import policies  # noqa: F401  (registers the built-in strategies)
 from .config import CACHE_MODES, DecodeConfig
 from .engine import DecodeOutput, Trace, generate
-from .policy import (LOOP_SWITCHES, POLICIES, ConfigError, Policy, PolicyConfig, StepState, method_of,
-                     register_policy, top_k)
+from .policy import (
+    LOOP_SWITCHES,
+    POLICIES,
+    ConfigError,
+    Policy,
+    PolicyConfig,
+    StepState,
+    method_of,
+    register_policy,
+    top_k,
+)
 
 __all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "DecodeConfig", "DecodeOutput", "Policy",
            "PolicyConfig", "StepState", "Trace", "generate", "method_of", "register_policy", "top_k"]

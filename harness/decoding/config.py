@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .policy import LOOP_SWITCHES, POLICIES, ConfigError, PolicyConfig
+from .policy import LOOP_SWITCHES, POLICIES, ConfigError, Policy, PolicyConfig
 
 CACHE_MODES = ("none", "prefix", "dual")
 
@@ -60,6 +60,11 @@ class DecodeConfig:
     def with_strategy(self, strategy: str, **knobs) -> DecodeConfig:
         """The same loop switches with another strategy (its defaults unless `knobs` say otherwise)."""
         return DecodeConfig.create(**{**self.loop_switches(), "strategy": strategy, **knobs})
+
+    def build_policy(self) -> Policy:
+        """The strategy's policy for these settings: build it once per run (a learned policy loads its filter)
+        and hand it to every `generate`."""
+        return POLICIES[self.strategy](self)
 
     def loop_switches(self) -> dict:
         return {name: getattr(self, name) for name in LOOP_SWITCHES}

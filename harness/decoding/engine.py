@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..models.llada import KVCache
 from .config import DecodeConfig
-from .policy import POLICIES, ConfigError, Policy, StepState
+from .policy import ConfigError, Policy, StepState
 
 
 @dataclass
@@ -123,7 +123,7 @@ def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask,
     if config.cache != "none" and not getattr(model, "supports_cache", False):
         raise ConfigError(f"{type(model).__name__} has no KV cache; use cache='none'")
     if policy is None:
-        policy = POLICIES[config.strategy](config)
+        policy = config.build_policy()
     elif not policy.fits(config):
         raise ConfigError(f"policy {policy.name!r} {policy.config} (block_length {policy.block_length}) was built "
                           f"for other settings than {config.strategy!r} {config.policy} "

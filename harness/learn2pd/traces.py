@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from ..decoding import POLICIES, DecodeConfig, generate
+from ..decoding import DecodeConfig, generate
 from .filter import TOKEN_FEATURES, token_flags
 
 
@@ -69,7 +69,7 @@ def collect(model, prompts: list[str], config: DecodeConfig, batch_size: int = 3
     tokenizer = model.tokenizer
     baseline = config if config.strategy == "baseline" else config.with_strategy("baseline")
     oracle = config.with_strategy("oracle")
-    baseline_policy, oracle_policy = (POLICIES[c.strategy](c) for c in (baseline, oracle))  # once, not per batch
+    baseline_policy, oracle_policy = (c.build_policy() for c in (baseline, oracle))  # once, not per batch
     parts = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="collect", unit="batch"):
         texts = prompts[start:start + batch_size]

@@ -22,7 +22,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from ..decoding import POLICIES, ConfigError, DecodeConfig, generate
+from ..decoding import ConfigError, DecodeConfig, generate
 from ..models import load_model
 from ..models.metered import synchronize
 
@@ -79,11 +79,11 @@ class DLLM(LM):
             decoding = decoding.to_dict()
         self.decoding, self.fixed_gen_length = decode_config({**(decoding or {}), **decoding_fields})
         # built once for the whole run, outside any timed region (a learned policy loads its filter here)
-        self.policy = POLICIES[self.decoding.strategy](self.decoding)
+        self.policy = self.decoding.build_policy()
         self.reference_policy = None  # the oracle's reference: a plain baseline decode, its policy built once
         if self.policy.needs_reference:
             reference = self.decoding.with_strategy("baseline")
-            self.reference_policy = POLICIES[reference.strategy](reference)
+            self.reference_policy = reference.build_policy()
         if str(batch_size).startswith("auto"):
             raise ConfigError("batch_size=auto is not supported by dllm; give an integer")
         self.batch_size = int(batch_size)

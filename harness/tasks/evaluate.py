@@ -35,12 +35,13 @@ def answer_text(tokenizer, tokens: torch.Tensor, eos_id: int) -> list[str]:
 def evaluate_task(model, task_name: str, problems: list[dict], config: DecodeConfig, batch_size: int = 100,
                   reference: torch.Tensor | None = None) -> TaskResult:
     task, tokenizer = get_task(task_name), model.tokenizer
+    policy = config.build_policy()  # once for every batch (a learned filter is loaded here)
     outputs, nfe, tokens = [], [], []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
         ids, mask = left_pad(tokenizer, [p["prompt"] for p in chunk])
         ref = None if reference is None else reference[start:start + len(chunk)]
-        out = generate(model, ids, config, attention_mask=mask, reference=ref)
+        out = generate(model, ids, config, attention_mask=mask, reference=ref, policy=policy)
         outputs += answer_text(tokenizer, out.tokens, model.eos_token_id)
         nfe.append(out.nfe.float())
         tokens.append(out.tokens.cpu())
