@@ -110,8 +110,11 @@ def draw(ax, cells: pd.DataFrame, x: str, colours: dict):
                    zorder=4, label="reference: " + method_label(reference.iloc[0]))
     front = competitors(cells)
     front = front[pareto_mask(front[x], front["accuracy"])].sort_values(x)
-    ax.step(front[x], front["accuracy"], where="pre", color="k", linestyle="--", lw=0.9, zorder=1,
-            label="Pareto frontier (oracle excluded)")
+    if not front.empty:  # from the left edge: below the first member's x its accuracy is reachable too
+        xs = [min(cells[x].min(), front[x].iloc[0]), *front[x]]
+        ax.step(xs, [front["accuracy"].iloc[0], *front["accuracy"]], where="pre", color="k", linestyle="--", lw=0.9,
+                zorder=1, label="Pareto frontier (oracle excluded)")
+        ax.scatter(front[x], front["accuracy"], s=110, facecolors="none", edgecolors="k", linewidths=0.6, zorder=2)
     if x == "speedup" and not trusted(cells).all():
         ax.add_line(Line2D([], [], marker="o", markerfacecolor="none", color="k", linestyle="none",
                            label=f"hollow: timing flagged {UNTRUSTED}"))
