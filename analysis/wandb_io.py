@@ -23,7 +23,7 @@ import pandas as pd
 from .cells import Collected, cell_row, cells_frame, missing_fields
 
 SUMMARY_SPEED = ("nfe", "tpf", "tokens", "raw_tokens", "tokens_per_second", "latency_p50", "latency_p90",
-                 "eotp_skipped")
+                 "eotp_skipped", "samples")
 
 
 def _api():

@@ -219,7 +219,7 @@ class FakeRun:
         self.summary = {"accuracy": record.get("metrics", {}).get("accuracy"),
                         "accuracy_stderr": record.get("metrics", {}).get("accuracy_stderr"),
                         **{k: speed.get(k) for k in ("nfe", "tpf", "tokens", "raw_tokens", "tokens_per_second",
-                                                     "latency_p50", "latency_p90", "eotp_skipped")},
+                                                     "samples", "latency_p50", "latency_p90", "eotp_skipped")},
                         **{k: record.get(k) for k in ("speedup", "nfe_ratio", "config_hash", "device", "batch_size")},
                         "_runtime": 3.0}
 
