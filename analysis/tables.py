@@ -1,4 +1,5 @@
-"""Paper tables from stored runs, as markdown and LaTeX (booktabs, escaped, from pandas' `Styler.to_latex`).
+"""Paper tables from stored runs, as markdown and LaTeX (booktabs, escaped, from pandas' `Styler.to_latex`;
+the column settings and what was measured in its caption).
 
     python -m analysis.tables SWEEP_FOLDER [...] --out tables.md [--latex tables.tex]
 
@@ -151,14 +152,23 @@ def fits(cells: pd.DataFrame, layout: Layout) -> str | None:
             + (f"; no {', '.join(lacking)} cell with the paper's settings" if lacking else "; not two in one row"))
 
 
+LATEX_SPECIALS = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}",
+                                 "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"})
+
+
+def latex_text(text: str) -> str:
+    """`text` safe in a LaTeX caption (Styler escapes the cells and headers, not the caption)."""
+    return text.translate(LATEX_SPECIALS)
+
+
 def render(cells: pd.DataFrame, layout: Layout, latex: bool = False) -> str:
     """One table of `layout` with its notes, as markdown or as a LaTeX table (booktabs; escaped)."""
     table, notes = fill(cells, layout)
     if latex:
         styler = table.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-        body = styler.to_latex(hrules=True, column_format="l" * (table.shape[1] - len(layout.columns))
-                               + "c" * len(layout.columns))
-        return f"% {layout.title}\n" + body + "".join(f"% {n}\n" for n in notes)
+        return styler.to_latex(hrules=True, column_format="l" * (table.shape[1] - len(layout.columns))
+                               + "c" * len(layout.columns), position_float="centering",
+                               caption=latex_text(f"{layout.title} ({layout.cell_note}). " + ". ".join(notes) + "."))
     return (f"### {layout.title} ({layout.cell_note})\n\n" + table.to_markdown(index=False) + "\n\n"
             + "".join(f"- {n}\n" for n in notes))
 

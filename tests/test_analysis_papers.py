@@ -93,7 +93,9 @@ def test_every_latex_row_has_the_tables_column_count(cells):
         assert len(rows) == 1 + 2  # header and two tasks
         for row in rows:
             assert len(re.split(r"(?<!\\)&", row)) == len(columns), row
-    assert "Learn2PD \\& EoTP" in render(cells, LEARN2PD_TABLE1, latex=True)
+    latex = render(cells, LEARN2PD_TABLE1, latex=True)
+    assert "Learn2PD \\& EoTP" in latex  # escaped by Styler, header and caption alike
+    assert "\\caption{Learn2PD Table 1" in latex and "Learn2PD \\& EoTP = learned filter\\_threshold=0.96" in latex
 
 
 def test_a_layout_without_its_cells_is_skipped_with_a_message(cells):
