@@ -1,12 +1,14 @@
 """AUP, accuracy under parallelism (d3LLM's definition), inside a declared comparison pool.
 
-    python -m analysis.aup SWEEP_FOLDER --pool baseline threshold learned
+    python -m analysis.aup SWEEP_FOLDER [--pool STRATEGY ...]
 
 Per (method, task): points (rho = tokens per forward, y = accuracy %) sorted by rho; points more than 5
 accuracy points below the first are dropped; with W(y) = min(1, exp(-3 (1 - y / y_max))) and y_max the best
 accuracy of the task inside the pool,
     AUP = rho_1 y_1 + sum_i (rho_i - rho_{i-1}) (y_i W(y_i) + y_{i-1} W(y_{i-1})) / 2.
 AUP values are only comparable inside one pool, so the pool and its y_max are printed with every score.
+The default pool is every strategy of the sweep that decodes without the reference answer (an oracle is a
+reference, not a competitor).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .collect import collect_and_report
+from .style import flag, strategy_order
 
 DROP_POINTS = 5.0
 
@@ -43,15 +46,22 @@ def method_family(row) -> str:
     return name + (f" +{row['cache']}" if row["cache"] != "none" else "")
 
 
+def default_pool(cells: pd.DataFrame) -> list[str]:
+    """The strategies present whose cells decode without the reference answer."""
+    return [s for s in strategy_order(cells) if s not in set(cells.loc[flag(cells, "needs_reference"), "strategy"])]
+
+
 def aup_table(cells: pd.DataFrame, pool: list[str] | None = None) -> pd.DataFrame:
-    """AUP per (task, method) over the methods of `pool` (strategy names; None: every strategy present)."""
+    """AUP per (task, method) over the methods of `pool` (strategy names; None: `default_pool`)."""
     cells = cells.dropna(subset=["tpf", "accuracy"])
-    if pool:
-        cells = cells[cells.strategy.isin(pool)]
+    cells = cells[cells.strategy.isin(pool or default_pool(cells))]
     rows = []
     for task, group in cells.groupby("task"):
         y_max = group["accuracy"].max()
-        for method, pts in group.groupby(group.apply(method_family, axis=1)):
+        family = group.apply(method_family, axis=1)
+        if group.gen_length.nunique() > 1:  # one curve per G: AUP does not mix generation lengths
+            family = family + group.gen_length.map(lambda g: f" G={g:g}")
+        for method, pts in group.groupby(family):
             rows.append({"task": task, "method": method, "points": len(pts), "y_max": y_max,
                          "aup": aup(list(zip(pts["tpf"], pts["accuracy"])), y_max)})
     return pd.DataFrame(rows, columns=["task", "method", "points", "y_max", "aup"])
@@ -60,12 +70,13 @@ def aup_table(cells: pd.DataFrame, pool: list[str] | None = None) -> pd.DataFram
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
-    parser.add_argument("--pool", nargs="+", help="strategies in the comparison pool (default: all present)")
+    parser.add_argument("--pool", nargs="+", help="strategies in the comparison pool (default: every strategy "
+                        "present that decodes without the answer)")
     args = parser.parse_args(argv)
     got = collect_and_report(args.folders)
-    table = aup_table(got.cells, args.pool)
-    print(f"comparison pool: {', '.join(args.pool or sorted(got.cells.strategy.unique()))}")
-    print(table.to_markdown(index=False, floatfmt=".2f"))
+    pool = args.pool or default_pool(got.cells)
+    print(f"comparison pool: {', '.join(pool)}")
+    print(aup_table(got.cells, pool).to_markdown(index=False, floatfmt=".2f"))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
 """Figures of a sweep beyond the Pareto plots: where the forwards go, and what the decoding knobs buy.
 
-    python -m analysis.figures SWEEP_DIR [...] --out figures/ [--formats png pdf svg] [--only tau_sweep ...]
+    python -m analysis.figures SWEEP_DIR [...] --out figures/ [--formats png pdf svg] [--only knob_sweep ...]
 
 Figures (file stems; one file per format):
     speedup_vs_gen_length_<task>  speedup (fallback: NFE ratio) vs generation length G, one line per method
+                                  (skipped when the task was run at a single G)
     steps_per_block               forwards spent per block (skipped blocks left out), per task and strategy
     redecodes                     forwards after first-correct, per generated position (needs a decoding trace)
-    padding_share                 share of the generated region fed to the model that is padding after the
-                                  answer, per cell, bars per method with and without EoTP side by side
-    tau_sweep_<task>              accuracy and tokens per forward vs the confidence threshold tau
+    padding_share                 share of G that is padding after the answer, one bar per task (and G)
+    knob_sweep_<task>             accuracy and tokens per forward vs each knob a method family sweeps
 
 Every function takes the DataFrames of `analysis.collect.collect` (cells and/or samples) and an output folder
 and returns the paths it wrote; a figure whose data is absent is skipped with a message, never an exception.
-Rendering uses matplotlib's object API on an Agg canvas (no pyplot, no global backend switch).
+Colours, markers and captions come from `analysis.style` (one colour per strategy in every figure; grey for
+strategies that need the reference answer; hollow markers for flagged timings). Rendering uses matplotlib's
+object API on an Agg canvas (no pyplot, no global backend switch).
 """
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ import numpy as np
 import pandas as pd
 
 from .collect import collect_and_report, method_label
+from .style import (UNTRUSTED, caption, colours_for, column, families, flag, marker, method_order,
+                    strategy_order, swept_knob, trusted)
 
 FORMATS = ("png", "pdf", "svg")
-STRATEGY_ORDER = ("baseline", "threshold", "oracle", "learned", "entropy_bounded", "factor")
-FIGURES = ("speedup_vs_gen_length", "steps_per_block", "redecodes", "padding_share", "tau_sweep")
+FIGURES = ("speedup_vs_gen_length", "steps_per_block", "redecodes", "padding_share", "knob_sweep")
 
 Log = Callable[[str], None]
 
@@ -45,7 +48,7 @@ def _skip(log: Log, figure: str, reason: str) -> list[Path]:
     return []
 
 
-def _new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.4)):
+def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.4)):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=size)
@@ -53,31 +56,19 @@ def _new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def _save(fig, out_dir: Path, stem: str, formats: Iterable[str]) -> list[Path]:
+def save(fig, out_dir: Path, stem: str, formats: Iterable[str]) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()  # once, not per format
     paths = []
     for ext in formats:
         path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=150, bbox_inches="tight")  # legends placed beside the axes stay in
         paths.append(path)
     return paths
 
 
-def strategy_order(values) -> list[str]:
-    """The strategies in `values`, in the order baseline, threshold, oracle, learned, ..., then the rest."""
-    present = [s for s in pd.unique(pd.Series(values).dropna())]
-    return [s for s in STRATEGY_ORDER if s in present] + sorted(s for s in present if s not in STRATEGY_ORDER)
-
-
-def _colour(strategy: str):
-    import matplotlib
-    order = list(STRATEGY_ORDER)
-    index = order.index(strategy) if strategy in order else len(order) + sum(map(ord, strategy))
-    return matplotlib.colormaps["tab10"](index % 10)
-
-
+# ---------------------------------------------------------------- samples
 def with_methods(cells: pd.DataFrame) -> pd.DataFrame:
     """`cells` with a `method` column (`analysis.collect.method_label`) and `base_method` (the same, EoTP off)."""
     cells = cells.copy()
@@ -157,7 +148,7 @@ def _exploded(cells, samples, field: str, drop_zero: bool) -> pd.DataFrame:
 def _panels(n: int, width: float = 5.2, height: float = 3.8, max_columns: int = 3):
     ncols = min(n, max_columns)
     nrows = -(-n // ncols)
-    fig, axes = _new_figure(nrows, ncols, (width * ncols, height * nrows))
+    fig, axes = new_figure(nrows, ncols, (width * ncols, height * nrows))
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -167,31 +158,46 @@ def _panels(n: int, width: float = 5.2, height: float = 3.8, max_columns: int = 
 # ---------------------------------------------------------------- speedup vs G
 def plot_speedup_vs_gen_length(cells: pd.DataFrame, out_dir: Path, formats: Iterable[str] = FORMATS,
                                log: Log = print) -> list[Path]:
-    """Per task, `speedup_vs_gen_length_<task>`: x = generation length G, y = speedup, one line per method
-    (`method_label`; cells repeating a (method, G) are averaged). A task none of whose cells has a speedup
-    plots the NFE ratio (baseline forwards / forwards) instead, and says so on its axis."""
+    """Per task run at two or more G, `speedup_vs_gen_length_<task>`: x = generation length G, y = speedup
+    (its IQR as error bars when recorded), one line per method (`method_label`, coloured by strategy;
+    cells repeating a (method, G) are averaged; a flagged timing is a hollow marker). A task none of whose
+    cells has a speedup plots the NFE ratio (baseline forwards / forwards) instead, and says so on its axis."""
     name = "speedup_vs_gen_length"
     if cells is None or cells.empty:
         return _skip(log, name, "no cells")
     data = with_methods(cells.dropna(subset=["gen_length"]))
     if data.empty:
         return _skip(log, name, "no cell has a gen_length")
-    paths = []
+    colours, paths = colours_for(cells), []
     for task, group in data.groupby("task"):
         y = "speedup" if group["speedup"].notna().any() else "nfe_ratio"
         group = group.dropna(subset=[y])
-        if group.empty:
-            _skip(log, f"{name}_{task}", "no cell has a speedup or an NFE ratio")
+        if group["gen_length"].nunique() < 2:
+            _skip(log, f"{name}_{task}", f"one generation length only (G={_g(group)}): no x axis to draw")
             continue
-        fig, axes = _new_figure(size=(6.8, 4.6))
+        group = group.assign(trusted=trusted(group), q1=column(group, "speedup_q1", np.nan).astype(float),
+                             q3=column(group, "speedup_q3", np.nan).astype(float))
+        fig, axes = new_figure(size=(8.8, 4.6))
         ax = axes[0, 0]
-        styles = ["-", "--", ":", "-."]
-        for i, (method, pts) in enumerate(sorted(group.groupby("method"), key=lambda kv: (
-                strategy_order(group.strategy).index(kv[1].strategy.iloc[0]), kv[0]))):
-            line = pts.groupby("gen_length")[y].mean().sort_index()
-            strategy = pts.strategy.iloc[0]
-            ax.plot(line.index.astype(float), line.values, marker="o" if not pts.eotp.iloc[0] else "s",
-                    linestyle=styles[i % len(styles)], color=_colour(strategy), label=method, alpha=0.9)
+        for method in dict.fromkeys(group.loc[method_order(group), "method"]):
+            pts = group[group.method == method]
+            line = pts.groupby("gen_length").agg(y=(y, "mean"), q1=("q1", "mean"), q3=("q3", "mean"),
+                                                 trusted=("trusted", "all")).sort_index()
+            colour, shape = colours[str(pts.strategy.iloc[0])], marker(pts.eotp.iloc[0], pts.cache.iloc[0])
+            g = line.index.astype(float)
+            ax.plot(g, line.y, color=colour, linestyle="--" if pts.eotp.iloc[0] else "-", lw=1, label=method)
+            if y == "speedup" and line.q1.notna().any():
+                ax.errorbar(g, line.y, yerr=np.vstack([(line.y - line.q1).clip(lower=0).fillna(0),
+                                                       (line.q3 - line.y).clip(lower=0).fillna(0)]),
+                            fmt="none", ecolor=colour, capsize=2, lw=0.8)
+            ax.scatter(g, line.y, marker=shape, edgecolors=colour, s=30, zorder=3,
+                       facecolors=[colour if ok or y != "speedup" else "none" for ok in line.trusted])
+            siblings = group[(group.strategy == pts.strategy.iloc[0]) & (group.eotp == pts.eotp.iloc[0])
+                             & (group.cache == pts.cache.iloc[0])]
+            knob = swept_knob(siblings)  # lines of one colour and style: their knob value at the line's end
+            if knob:
+                ax.annotate(f"{pts[knob].iloc[0]:g}", (g[-1], line.y.iloc[-1]), textcoords="offset points",
+                            xytext=(4, 0), fontsize=6, color=colour, va="center")
         ax.axhline(1.0, color="grey", lw=0.8, zorder=0)
         lengths = sorted(group["gen_length"].unique())
         ax.set_xscale("log", base=2)
@@ -199,11 +205,19 @@ def plot_speedup_vs_gen_length(cells: pd.DataFrame, out_dir: Path, formats: Iter
         ax.minorticks_off()
         ax.set_xlabel("generation length G")
         ax.set_ylabel("speedup (throughput / baseline)" if y == "speedup" else "NFE ratio (baseline NFE / NFE)")
-        ax.set_title(str(task))
+        flagged = y == "speedup" and not group.trusted.all()
+        ax.set_title(f"{task}: {y.replace('_', ' ')} vs G" + (f" (hollow: timing flagged {UNTRUSTED})" if flagged
+                                                              else "") + "\n" + caption(group, errors=False)
+                     + ("; error bars: speedup IQR" if y == "speedup" and group.q1.notna().any() else ""),
+                     fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        paths += _save(fig, out_dir, f"{name}_{safe_name(task)}", formats)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+        paths += save(fig, out_dir, f"{name}_{safe_name(task)}", formats)
     return paths
+
+
+def _g(cells: pd.DataFrame) -> str:
+    return "/".join(str(int(g)) for g in sorted(cells["gen_length"].dropna().unique()))
 
 
 # ---------------------------------------------------------------- steps per block
@@ -221,7 +235,7 @@ def steps_per_block_table(cells: pd.DataFrame, samples: pd.DataFrame | None) -> 
         rows.append({"task": task, "strategy": strategy, "blocks": len(decoded), "skipped": int((steps == 0).sum()),
                      "mean": decoded.mean(), "median": decoded.median(), "max": decoded.max()})
     table = pd.DataFrame(rows, columns=columns)
-    order = {s: i for i, s in enumerate(strategy_order(table.strategy))}
+    order = {s: i for i, s in enumerate(strategy_order(cells))}
     return table.sort_values(["task", "strategy"], key=lambda c: c.map(order) if c.name == "strategy" else c)
 
 
@@ -235,20 +249,22 @@ def plot_steps_per_block(cells: pd.DataFrame, samples: pd.DataFrame | None, out_
     if long.empty:
         return _skip(log, name, "no sample has a non-empty steps_per_block")
     tasks = sorted(long.task.unique(), key=str)
+    colours, order = colours_for(cells), strategy_order(cells)
     fig, axes = _panels(len(tasks))
     for ax, task in zip(axes, tasks):
         group = long[long.task == task]
-        strategies = strategy_order(group.strategy)
+        strategies = [s for s in order if s in set(group.strategy)]
         data = [group.loc[group.strategy == s, "steps_per_block"].to_numpy(float) for s in strategies]
         box = ax.boxplot(data, tick_labels=strategies, patch_artist=True, showmeans=True, widths=0.6,
                          meanprops={"marker": "D", "markerfacecolor": "k", "markeredgecolor": "k", "markersize": 4})
         for patch, s in zip(box["boxes"], strategies):
-            patch.set_facecolor(_colour(s))
+            patch.set_facecolor(colours[s])
             patch.set_alpha(0.55)
         ax.set_ylabel("forwards per decoded block")
         ax.set_title(f"{task} (blocks: {', '.join(str(len(d)) for d in data)})", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    return _save(fig, out_dir, name, formats)
+    fig.suptitle(caption(cells, errors=False), fontsize=8)
+    return save(fig, out_dir, name, formats)
 
 
 # ---------------------------------------------------------------- re-decodes
@@ -265,20 +281,22 @@ def plot_redecodes(cells: pd.DataFrame, samples: pd.DataFrame | None, out_dir: P
     fig, axes = _panels(len(tasks))
     from matplotlib.ticker import MaxNLocator
     top = int(long["redecodes"].max())
+    colours, order = colours_for(cells), strategy_order(cells)
     bins = np.arange(-0.5, top + 1.5, 1.0)
     for ax, task in zip(axes, tasks):
         group = long[long.task == task]
-        for s in strategy_order(group.strategy):
+        for s in [s for s in order if s in set(group.strategy)]:
             values = group.loc[group.strategy == s, "redecodes"].to_numpy(float)
             ax.hist(values, bins=bins, weights=np.full(len(values), 1 / len(values)), histtype="step", lw=1.6,
-                    color=_colour(s), label=f"{s} (mean {values.mean():.2f}, n={len(values)})")
+                    color=colours[s], label=f"{s} (mean {values.mean():.2f}, n={len(values)})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("forwards after first-correct, before commit")
         ax.set_ylabel("share of positions")
         ax.set_title(str(task))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, out_dir, name, formats)
+    fig.suptitle(caption(cells, errors=False), fontsize=8)
+    return save(fig, out_dir, name, formats)
 
 
 # ---------------------------------------------------------------- padding share
@@ -328,76 +346,88 @@ def padding_share(cells: pd.DataFrame, samples: pd.DataFrame | None = None) -> p
     return pd.DataFrame(rows, columns=columns)
 
 
+def padding_by_task(cells: pd.DataFrame, samples: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One padding share per (task, G): the mean `padding_share` of the cells run without EoTP (what an EoTP
+    cut can save; with EoTP the cut itself lowers it). Columns: task, G, padding_share, cells."""
+    table = padding_share(cells, samples)
+    table = table[~table.eotp.astype(bool)]
+    columns = ["task", "G", "padding_share", "cells"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    out = table.groupby(["task", "gen_length"]).agg(padding_share=("padding_share", "mean"),
+                                                    cells=("padding_share", "size")).reset_index()
+    return out.rename(columns={"gen_length": "G"})[columns]
+
+
 def plot_padding_share(cells: pd.DataFrame, samples: pd.DataFrame | None, out_dir: Path,
                        formats: Iterable[str] = FORMATS, log: Log = print) -> list[Path]:
-    """`padding_share`: one panel per task; per (method without EoTP, G) a pair of bars, without and with
-    EoTP, of `padding_share` (see there; cells repeating a setting are averaged)."""
+    """`padding_share`: one bar per task (per G when several): the share of G holding padding after the
+    answer and fed to the model without EoTP (`padding_by_task`)."""
     name = "padding_share"
-    table = padding_share(cells, samples)
+    table = padding_by_task(cells, samples)
     if table.empty:
-        return _skip(log, name, "no cell has raw_tokens (per sample or aggregate)")
-    tasks = sorted(table.task.unique(), key=str)
-    groups_max = max(table[table.task == t].groupby(["base_method", "gen_length"]).ngroups for t in tasks)
-    fig, axes = _panels(len(tasks), width=max(5.2, 0.6 * groups_max + 1.5), height=4.2, max_columns=1)
-    width = 0.4
-    for ax, task in zip(axes, tasks):
-        group = table[table.task == task]
-        means = group.groupby(["base_method", "gen_length", "eotp"])["padding_share"].mean()
-        keys = sorted({(m, g) for m, g, _ in means.index}, key=lambda mg: (
-            strategy_order(group.strategy).index(group.loc[group.base_method == mg[0], "strategy"].iloc[0]),
-            mg[0], mg[1]))
-        x = np.arange(len(keys))
-        for offset, eotp, hatch in ((-width / 2, False, None), (width / 2, True, "//")):
-            heights = [100 * means.get((m, g, eotp), np.nan) for m, g in keys]
-            colours = [_colour(group.loc[group.base_method == m, "strategy"].iloc[0]) for m, _ in keys]
-            ax.bar(x + offset, np.nan_to_num(heights), width, color=colours, alpha=0.8 if eotp else 0.45,
-                   hatch=hatch, edgecolor="k", linewidth=0.5, label="+EoTP" if eotp else "no EoTP")
-            for xi, h in zip(x + offset, heights):
-                if np.isnan(h):
-                    ax.text(xi, 1, "–", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, [f"{m}, G={int(g)}" for m, g in keys], fontsize=7, rotation=30, ha="right")
-        ax.set_ylabel("padding fed after the answer (% of G)")
-        ax.set_ylim(0, 100)
-        ax.set_title(str(task))
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
-    return _save(fig, out_dir, name, formats)
+        return _skip(log, name, "no cell without EoTP has raw_tokens (per sample or aggregate)")
+    fig, axes = new_figure(size=(max(4.8, 1.1 * len(table) + 1.5), 3.8))
+    ax = axes[0, 0]
+    several = table.G.nunique() > 1
+    labels = [f"{t}, G={int(g)}" if several else str(t) for t, g in zip(table.task, table.G)]
+    bars = ax.bar(labels, 100 * table.padding_share, color="0.55", edgecolor="k", linewidth=0.5)
+    ax.bar_label(bars, fmt="%.0f %%", fontsize=8)
+    ax.set_ylabel("padding after the answer (% of G)")
+    ax.set_ylim(0, 100)
+    ax.set_title("padding fed to the model without EoTP, mean over samples and cells\n"
+                 + caption(cells, errors=False), fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return save(fig, out_dir, name, formats)
 
 
-# ---------------------------------------------------------------- tau sweep
-def plot_tau_sweep(cells: pd.DataFrame, out_dir: Path, formats: Iterable[str] = FORMATS,
-                   log: Log = print) -> list[Path]:
-    """Per task, `tau_sweep_<task>`: two panels, accuracy (± stderr) and tokens per forward vs the threshold
-    tau, over the `strategy == "threshold"` cells; one line per (G, EoTP, cache) setting."""
-    name = "tau_sweep"
+# ---------------------------------------------------------------- knob sweeps
+def knob_sweeps(cells: pd.DataFrame):
+    """(strategy, knob) -> the cells of every method family of that strategy that sweeps that knob."""
+    found: dict = {}
+    for _, knob, family in families(cells):
+        if knob and not flag(family, "needs_reference").all():
+            key = (str(family.strategy.iloc[0]), knob)
+            found[key] = pd.concat([found[key], family]) if key in found else family
+    return found
+
+
+def plot_knob_sweep(cells: pd.DataFrame, out_dir: Path, formats: Iterable[str] = FORMATS,
+                    log: Log = print) -> list[Path]:
+    """Per task, `knob_sweep_<task>`: one row per (strategy, knob) the sweep varies, accuracy (± stderr) and
+    tokens per forward against the knob's values; one line per family (G, B, EoTP, cache, other knobs);
+    the reference's accuracy as a grey line."""
+    name = "knob_sweep"
     if cells is None or cells.empty:
         return _skip(log, name, "no cells")
-    data = cells[(cells.strategy == "threshold")]
-    data = data.dropna(subset=["threshold"]) if "threshold" in data else data.iloc[0:0]  # a knob column
-    if data.empty:
-        return _skip(log, name, "no threshold-strategy cells")
-    paths = []
-    for task, group in data.groupby("task"):
-        import matplotlib
-        fig, axes = _new_figure(1, 2, (10.5, 4.2))
-        acc_ax, tpf_ax = axes[0]
-        settings = group.groupby(["gen_length", "eotp", "cache"], dropna=False)
-        for i, ((g, eotp, cache), pts) in enumerate(settings):
-            pts = pts.groupby("threshold")[["accuracy", "accuracy_stderr", "tpf"]].mean().sort_index()
-            label = (f"G={int(g)}" if pd.notna(g) else "G=?") + (" +EoTP" if eotp else "") + \
-                (f" +{cache}" if cache not in ("none", None) and pd.notna(cache) else "")
-            style = {"marker": "s" if eotp else "o", "linestyle": "--" if eotp else "-",
-                     "color": matplotlib.colormaps["tab10"](i % 10), "label": label}
-            acc_ax.errorbar(pts.index, pts["accuracy"], yerr=pts["accuracy_stderr"].fillna(0), capsize=2, **style)
-            tpf_ax.plot(pts.index, pts["tpf"], **style)
-        acc_ax.set_ylabel("accuracy (%)")
-        tpf_ax.set_ylabel("tokens per forward")
-        for ax in (acc_ax, tpf_ax):
-            ax.set_xlabel("threshold τ")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{task}: confidence threshold sweep")
-        paths += _save(fig, out_dir, f"{name}_{safe_name(task)}", formats)
+    colours, paths = colours_for(cells), []
+    for task, group in cells.groupby("task"):
+        sweeps = knob_sweeps(group.dropna(subset=["accuracy"]))
+        if not sweeps:
+            _skip(log, f"{name}_{task}", "no method family sweeps a knob (one value per knob)")
+            continue
+        fig, axes = new_figure(len(sweeps), 2, (11.5, 3.6 * len(sweeps)))
+        reference = group[flag(group, "is_reference")]
+        for (acc_ax, tpf_ax), ((strategy, knob), cells_) in zip(axes, sweeps.items()):
+            for label, _, family in families(cells_):
+                eotp = bool(family.eotp.iloc[0])
+                style = {"marker": marker(eotp, family.cache.iloc[0]), "linestyle": "--" if eotp else "-",
+                         "color": colours[strategy], "label": label}
+                acc_ax.errorbar(family[knob], family["accuracy"], yerr=family["accuracy_stderr"].fillna(0),
+                                capsize=2, **style)
+                tpf_ax.plot(family[knob], family["tpf"], **style)
+            for _, ref in reference.iterrows():
+                acc_ax.axhline(ref.accuracy, color="0.5", lw=0.8, linestyle=":",
+                               label=f"reference: {method_label(ref)}")
+            acc_ax.set_ylabel("accuracy (%)")
+            tpf_ax.set_ylabel("tokens per forward")
+            for ax in (acc_ax, tpf_ax):
+                ax.set_xlabel(f"{strategy}: {knob}")
+                ax.grid(alpha=0.3)
+            tpf_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+        fig.suptitle(f"{task}: knob sweeps (grey dotted: the reference's accuracy)\n"
+                     f"{caption(group, speedup=False)}", fontsize=9)
+        paths += save(fig, out_dir, f"{name}_{safe_name(task)}", formats)
     return paths
 
 
@@ -412,7 +442,7 @@ def make_figures(cells: pd.DataFrame, samples: pd.DataFrame | None, out_dir: Pat
         "steps_per_block": lambda: plot_steps_per_block(cells, samples, out_dir, formats, log),
         "redecodes": lambda: plot_redecodes(cells, samples, out_dir, formats, log),
         "padding_share": lambda: plot_padding_share(cells, samples, out_dir, formats, log),
-        "tau_sweep": lambda: plot_tau_sweep(cells, out_dir, formats, log),
+        "knob_sweep": lambda: plot_knob_sweep(cells, out_dir, formats, log),
     }
     written = {}
     for name in (only or FIGURES):

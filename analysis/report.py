@@ -1,31 +1,31 @@
 """One command for a sweep's whole analysis: Pareto plots, frontier tables, AUP, paper tables, figures.
 
-    python -m analysis.report SWEEP_DIR [--formats png pdf svg] [--pool baseline threshold learned]
+    python -m analysis.report SWEEP_DIR [--formats png pdf svg] [--pool STRATEGY ...]
                               [--wandb PROJECT [--group G] [--wandb-mode offline]]
 
-Everything is written into SWEEP_DIR: pareto_<task>.<ext> (accuracy vs speedup), pareto_<task>_tpf.<ext>
-(accuracy vs tokens per forward), the figures of `analysis.figures`, and tables.md (skipped records, a cells
-summary per task, the frontier members, AUP with its comparison pool, the paper tables that the sweep's
-data fits, forwards per block and padding share). With --wandb the PNGs and tables are also logged to one
-W&B run of job_type "analysis".
+Everything is written into SWEEP_DIR: pareto_<task>.<ext> (accuracy vs speedup; tokens per forward when
+the task's timings are flagged), pareto_<task>_tpf.<ext> (accuracy vs tokens per forward), the figures of
+`analysis.figures`, and tables.md: skipped records, accuracy / mean NFE per method and task (the README's
+embedded-default table, from `experiment=embedded_table`), a cells summary per task, the frontier members,
+AUP with its comparison pool, the paper tables that the sweep's data fits (the others named as skipped),
+forwards per block and padding share per task. A speed measured under flagged timing carries "†". With
+--wandb the PNGs and tables are also logged to one W&B run of job_type "analysis".
 """
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .aup import aup_table
+from .aup import aup_table, default_pool
 from .collect import collect
-from .figures import (FORMATS, make_figures, padding_share, safe_name, steps_per_block_table, strategy_order,
-                      with_methods)
+from .figures import FORMATS, make_figures, padding_by_task, steps_per_block_table, with_methods
 from .pareto import frontier_table, plot_task
-from .tables import LAYOUTS, pick, render
+from .style import UNTRUSTED, UNTRUSTED_NOTE, caption, column, method_order, trusted
+from .tables import LAYOUTS, render_fitting
 
 DASH = "–"
 X_AXES = {"speedup": "accuracy vs speedup", "tpf": "accuracy vs tokens per forward"}
@@ -48,22 +48,53 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
     return "\n".join([header, rule, *rows]) + "\n"
 
 
+def speedup_text(cells: pd.DataFrame) -> pd.Series:
+    """Each cell's speedup as text: the median, its IQR when recorded, and "†" when the timing is flagged."""
+    q1, q3 = column(cells, "speedup_q1", np.nan), column(cells, "speedup_q3", np.nan)
+
+    def text(v, lo, hi, ok):
+        if pd.isna(v):
+            return DASH
+        spread = f" [{lo:.2f}–{hi:.2f}]" if pd.notna(lo) and pd.notna(hi) else ""
+        return f"{v:.2f}{spread}" + ("" if ok else f" {UNTRUSTED}")
+    return pd.Series([text(*v) for v in zip(cells["speedup"], q1, q3, trusted(cells))], index=cells.index,
+                     dtype=object)
+
+
+def _int_text(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: DASH if pd.isna(v) else str(int(v)))
+
+
 def cells_summary(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per task: one row per cell (method, G, block length, accuracy ± stderr, NFE, TPF, tokens/s, speedup),
-    in strategy order then method then G."""
+    """Per task: one row per cell (method, G, block length, accuracy ± stderr, NFE, TPF, tokens/s, speedup
+    [IQR] †), in `analysis.style.method_order`."""
     if cells.empty:
         return {}
-    cells = with_methods(cells)
-    order = {s: i for i, s in enumerate(strategy_order(cells.strategy))}
+    cells = with_methods(cells).loc[lambda c: method_order(c)]
     out = {}
-    for task, group in cells.groupby("task"):
-        group = group.assign(_order=group.strategy.map(order)).sort_values(["_order", "method", "gen_length"])
+    for task, group in cells.groupby("task", sort=True):
         out[str(task)] = pd.DataFrame({
-            "method": group["method"], "G": group["gen_length"].map(lambda g: DASH if pd.isna(g) else str(int(g))),
-            "block": group["block_length"].map(lambda b: DASH if pd.isna(b) else str(int(b))),
+            "method": group["method"], "G": _int_text(group["gen_length"]), "block": _int_text(group["block_length"]),
             "accuracy (%)": group["accuracy"], "± stderr": group["accuracy_stderr"], "NFE": group["nfe"],
-            "TPF": group["tpf"], "tokens/s": group["tokens_per_second"], "speedup": group["speedup"]})
+            "TPF": group["tpf"], "tokens/s": group["tokens_per_second"], "speedup": speedup_text(group)})
     return out
+
+
+def method_task_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy % / mean NFE, rows the methods (`method_label`, with G and B when the sweep has several) in
+    `method_order`, columns the tasks: the README's embedded-default table."""
+    if cells.empty:
+        return pd.DataFrame()
+    cells = with_methods(cells).loc[lambda c: method_order(c)]
+    for key, name in (("gen_length", "G"), ("block_length", "B")):
+        if cells[key].nunique() > 1:
+            cells["method"] = cells["method"] + cells[key].map(lambda v: f", {name}={v:g}")
+    text = [DASH if pd.isna(a) else f"{a:.1f} / {n:.2f}".rstrip("0").rstrip(".")
+            for a, n in zip(cells["accuracy"], cells["nfe"])]
+    table = cells.assign(cell=text).pivot_table(index="method", columns="task", values="cell", aggfunc="first",
+                                                sort=False)
+    return table.reindex(columns=sorted(table.columns, key=str)).fillna(DASH).reset_index().rename_axis(
+        columns=None)
 
 
 def with_gen_length(frontier: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
@@ -71,42 +102,16 @@ def with_gen_length(frontier: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame
     column (its x axis may also be one of its fixed columns)."""
     frontier = frontier.loc[:, ~frontier.columns.duplicated()].copy()
     if not frontier.empty and frontier.index.isin(cells.index).all():
-        frontier.insert(2, "G", cells.loc[frontier.index, "gen_length"].map(
-            lambda g: DASH if pd.isna(g) else str(int(g))))
+        frontier.insert(2, "G", _int_text(cells.loc[frontier.index, "gen_length"]))
     return frontier.reset_index(drop=True)
-
-
-def layout_fits(cells: pd.DataFrame, layout) -> bool:
-    """A paper table is worth writing when at least two of its columns have a cell in one (task, G) row."""
-    if cells.empty or cells["gen_length"].isna().all():
-        return False
-    for (task, g), _ in cells.groupby(["task", "gen_length"]):
-        if sum(pick(cells, task, g, column) is not None for column in layout.columns) >= 2:
-            return True
-    return False
-
-
-def _pareto(cells: pd.DataFrame, task, x: str, folder: Path, formats: tuple[str, ...]) -> list[Path]:
-    """`analysis.pareto.plot_task` into a scratch folder, keeping only the requested formats."""
-    name = safe_name(task)
-    if name != str(task):  # a task name that is not a file name
-        cells = cells.assign(task=cells.task.where(cells.task != task, name))
-    with tempfile.TemporaryDirectory() as scratch:
-        made = plot_task(cells, name, x, Path(scratch))
-        kept = []
-        for path in made:
-            if path.suffix.lstrip(".") in formats:
-                target = folder / path.name
-                shutil.move(str(path), target)
-                kept.append(target)
-    return kept
 
 
 def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: list[str] | None = None) -> dict:
     """The whole analysis of the sweep in `folder`, written into `folder`.
 
     Returns {"tables_md": Path, "pareto": [paths], "figures": {figure: [paths]}, "paths": every file written,
-    "tables": {name: DataFrame} (cells, frontier_speedup, frontier_tpf, aup, steps_per_block, padding_share),
+    "tables": {name: DataFrame} (cells, methods_by_task, frontier_speedup, frontier_tpf, aup, steps_per_block,
+    padding_share),
     "pool": the AUP comparison pool, "problems": the skipped records, "messages": figures/plots skipped}.
     Nothing here raises for missing data: a plot or table without data is skipped with a message."""
     folder, formats = Path(folder), tuple(formats)
@@ -130,24 +135,28 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
                 say(f"skipped pareto_{task} ({x}): no cell has both {x} and accuracy")
                 continue
             try:
-                pareto_paths += _pareto(cells, task, x, folder, formats)
+                pareto_paths += plot_task(cells, task, x, folder, formats)
             except Exception as err:
                 say(f"skipped pareto_{task} ({x}): failed ({type(err).__name__}: {err})")
 
     frontiers = {x: with_gen_length(frontier_table(cells, x), cells) for x in X_AXES}
-    pool = list(pool) if pool else strategy_order(cells.strategy) if not cells.empty else []
+    pool = list(pool) if pool else default_pool(cells) if not cells.empty else []
     print(f"comparison pool: {', '.join(pool) or DASH}")
     aup = aup_table(cells, pool) if not cells.empty else pd.DataFrame(columns=["task", "method", "points", "y_max",
                                                                                "aup"])
     steps = steps_per_block_table(cells, samples)
-    padding = padding_share(cells, samples)
+    padding = padding_by_task(cells, samples)
     figures = make_figures(cells, samples, folder, formats, log=say)
 
     lines = [f"# Sweep report: {folder}", "",
              f"{len(cells)} cells, {len(samples)} samples, {len(got.problems)} skipped records.", "",
              "## Skipped records", ""]
     lines += [f"- {p}" for p in got.problems] or ["none"]
-    lines += ["", "## Cells", ""]
+    lines += ["", "## Accuracy % / mean NFE per method and task", "", caption(cells, errors=False) if tasks else "",
+              "", markdown_table(method_task_table(cells))]
+    if tasks and not trusted(cells).all():
+        lines += [f"{int((~trusted(cells)).sum())} cells have flagged timings: {UNTRUSTED_NOTE}", ""]
+    lines += ["## Cells", ""]
     for task, table in cells_summary(cells).items():
         lines += [f"### {task}", "", markdown_table(table)]
     if cells.empty:
@@ -158,13 +167,11 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
               "AUP values are comparable only inside this pool (y_max is the pool's best accuracy on the task).",
               "", markdown_table(aup)]
     lines += ["## Paper tables", ""]
-    fitting = [layout for layout in LAYOUTS.values() if layout_fits(cells, layout)]
-    lines += [render(cells, layout) for layout in fitting] or ["no paper-table layout fits this sweep's cells", ""]
+    lines += render_fitting(cells, LAYOUTS.values(), log=say) or ["no paper-table layout fits this sweep's cells", ""]
     lines += ["## Forwards", "", "### Forwards per decoded block (skipped blocks counted apart)", "",
               markdown_table(steps),
-              "### Padding share: (G - eotp_skipped - raw_tokens) / G, clipped at 0, mean over samples", "",
-              markdown_table(padding.drop(columns=["config_hash", "path", "base_method", "strategy"]),
-                             floatfmt=".3f")]
+              "### Padding share per task: (G - raw_tokens) / G without EoTP, clipped at 0, mean over samples"
+              " and cells", "", markdown_table(padding, floatfmt=".3f")]
     lines += ["## Figures", ""]
     for path in pareto_paths + [p for paths in figures.values() for p in paths]:
         lines += [f"![{path.stem}]({path.name})", ""] if path.suffix == ".png" else [f"- {path.name}"]
@@ -177,7 +184,8 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
     summary = pd.concat(list(cells_summary(cells).values()), keys=tasks, names=["task", None]).reset_index(
         level=0) if tasks else pd.DataFrame()
     return {"tables_md": tables_md, "pareto": pareto_paths, "figures": figures, "paths": paths,
-            "tables": {"cells": summary, "frontier_speedup": frontiers["speedup"], "frontier_tpf": frontiers["tpf"],
+            "tables": {"cells": summary, "methods_by_task": method_task_table(cells),
+                       "frontier_speedup": frontiers["speedup"], "frontier_tpf": frontiers["tpf"],
                        "aup": aup, "steps_per_block": steps, "padding_share": padding},
             "pool": pool, "problems": got.problems, "messages": messages}
 
@@ -186,7 +194,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="the sweep folder (searched for result.json; outputs go here)")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=["png", "pdf", "svg"])
-    parser.add_argument("--pool", nargs="+", help="strategies in the AUP comparison pool (default: all present)")
+    parser.add_argument("--pool", nargs="+", help="strategies in the AUP comparison pool (default: every "
+                        "strategy present that decodes without the answer)")
     parser.add_argument("--wandb", metavar="PROJECT", help="also log the PNGs and tables to this W&B project "
                         "(entity/project or project)")
     parser.add_argument("--group", help="with --wandb: the run group (e.g. the sweep name)")

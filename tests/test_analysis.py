@@ -8,7 +8,7 @@ import pytest
 from analysis.aup import aup, aup_table
 from analysis.collect import collect, knob_names, method_label
 from analysis.pareto import frontier_table, pareto_mask, plot_task
-from analysis.tables import FASTDLLM_TABLE1, LEARN2PD_TABLE1, render
+from analysis.tables import FASTDLLM_TABLE1, LEARN2PD_TABLE1, fill, render
 
 
 def write_cell(folder, name, strategy, accuracy, tps, speedup, tpf, eotp=False, cache="none", threshold=0.9,
@@ -100,15 +100,16 @@ def test_aup_depends_on_the_declared_pool(sweep):
     assert pooled.loc["threshold", "aup"] < alone.loc["threshold", "aup"]
 
 
-def test_tables_show_dashes_for_cells_not_run(sweep):
+def test_tables_from_records_show_dashes_for_cells_not_run(sweep):
     cells = collect([sweep]).cells
-    md = render(cells, LEARN2PD_TABLE1)
-    assert "| perm | 32 | 10.00 / 1.00× / **80.00** | 40.00 / 4.00× / 79.00 | 20.00 / 2.00× / **80.00** |" in md
-    assert "**80.00** / **8.00**× / 79.00" in md
-    fast = render(cells, FASTDLLM_TABLE1)
-    assert fast.count("–") == 2  # no prefix-cache runs
+    learn2pd = fill(cells, LEARN2PD_TABLE1)[0].iloc[0].to_dict()
+    assert learn2pd == {"Task": "perm", "G": "32", "B": "8", "LLaDA": "10.00 / 1.00× / 80.00",
+                        "Learn2PD": "40.00 / 4.00× / 79.00", "EoTP": "20.00 / 2.00× / 80.00",
+                        "Learn2PD & EoTP": "80.00 / 8.00× / 79.00"}
+    fast = fill(cells, FASTDLLM_TABLE1)[0].iloc[0]  # no prefix-cache runs; +Parallel is tau 0.9, not 0.5
+    assert list(fast[3:]) == ["80.00 / 10.00 (1.00×)", "–", "78.00 / 30.00 (3.00×)", "–"]
     latex = render(cells, LEARN2PD_TABLE1, latex=True)
-    assert "\\toprule" in latex and "\\textbf{80.00}" in latex and "–" not in latex
+    assert "\\toprule" in latex and "Learn2PD \\& EoTP" in latex
 
 
 def test_cells_carry_own_knobs_and_reference_flags(tmp_path):

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from analysis.collect import collect, main as collect_main
-from analysis.figures import FIGURES, main as figures_main, make_figures, padding_share, steps_per_block_table
+from analysis.figures import (FIGURES, main as figures_main, make_figures, padding_by_task, padding_share,
+                              steps_per_block_table)
 from analysis.report import report_sweep
 from analysis.wandb_io import collect_wandb, log_report
 from harness.tracking import summary_of
@@ -18,14 +19,17 @@ METHODS = [("baseline", None), ("threshold", 0.5), ("threshold", 0.7), ("thresho
 
 def write_record(folder: Path, name: str, *, task="perm", strategy="baseline", threshold=None, eotp=False,
                  gen_length=32, accuracy=0.8, tpf=1.0, speedup=1.0, samples=None, status="complete",
-                 raw_tokens=None, eotp_skipped=0.0) -> dict:
+                 raw_tokens=None, eotp_skipped=0.0, baseline_hash=None) -> dict:
     """One cell folder with result.json (and samples.jsonl when `samples` is given); returns the record."""
     cell = folder / name
     cell.mkdir(parents=True)
+    knobs = {"threshold": {"threshold": 0.9 if threshold is None else threshold},
+             "learned": {"filter_threshold": 0.96}}.get(strategy, {})
     decoding = {"strategy": strategy, "gen_length": gen_length, "block_length": BLOCK, "eotp": eotp, "cache": "none",
-                "threshold": 0.9 if threshold is None else threshold, "filter_threshold": 0.96}
+                **knobs}
     nfe = gen_length / max(tpf, 1e-9)
-    record = {"status": status, "config_hash": name,
+    record = {"status": status, "config_hash": name, "baseline_hash": baseline_hash,
+              "method": {"strategy": strategy, "knobs": knobs, "needs_reference": strategy == "oracle"},
               "config": {"model": {"name": "tiny", "path": "tiny"},
                          "task": {"name": task, "limit": 3, "metric": "acc,none"},
                          "decoding": decoding, "sweep": "test", "batch_size": 1},
@@ -67,7 +71,7 @@ def make_samples(strategy, eotp, gen_length, n=3, trace=True):
 def write_sweep(root: Path) -> Path:
     """Two tasks x six methods x +-EoTP x two G, with samples (a decoding trace on "perm" only); one failed
     and one incomplete record."""
-    k = 0
+    k, baselines = 0, {}  # (task, G) -> its plain baseline's name (written first)
     for task in ("perm", "sort"):
         for strategy, tau in METHODS:
             for eotp in (False, True):
@@ -75,7 +79,8 @@ def write_sweep(root: Path) -> Path:
                     tpf = {"baseline": 1.0, "threshold": 4 - 3 * (tau or 0), "oracle": 3.5, "learned": 2.5}[strategy]
                     tpf *= 1.5 if eotp else 1.0
                     write_record(root, f"{k:03d}", task=task, strategy=strategy, threshold=tau, eotp=eotp,
-                                 gen_length=g, accuracy=0.9 - 0.1 * (tpf / 6) - 0.01 * (g == 64), tpf=tpf,
+                                 gen_length=g, baseline_hash=baselines.setdefault((task, g), f"{k:03d}"),
+                                 accuracy=0.9 - 0.1 * (tpf / 6) - 0.01 * (g == 64), tpf=tpf,
                                  speedup=tpf * (1.2 if g == 64 else 1.0),
                                  samples=make_samples(strategy, eotp, g, trace=(task == "perm")))
                     k += 1
@@ -110,7 +115,7 @@ def test_every_figure_is_written(sweep, report, tmp_path):
     assert not [m for m in report["messages"] if "skipped figure" in m]
     assert {p.name for paths in written.values() for p in paths} == {
         f"{stem}.png" for stem in ("speedup_vs_gen_length_perm", "speedup_vs_gen_length_sort", "steps_per_block",
-                                   "redecodes", "padding_share", "tau_sweep_perm", "tau_sweep_sort")}
+                                   "redecodes", "padding_share", "knob_sweep_perm", "knob_sweep_sort")}
     for paths in written.values():
         for path in paths:
             assert path.parent == sweep and path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
@@ -123,7 +128,8 @@ def test_every_figure_is_written(sweep, report, tmp_path):
 def test_steps_per_block_ignores_skipped_blocks(sweep):
     got = collect([sweep])
     table = steps_per_block_table(got.cells, got.samples).set_index(["task", "strategy"])
-    assert list(table.loc["perm"].index) == ["baseline", "threshold", "oracle", "learned"]
+    assert list(table.loc["perm"].index) == ["baseline", "learned", "threshold", "oracle"]  # the reference
+    # first, then by name, the oracle (needs the answer) last
     base = table.loc[("perm", "baseline")]
     assert base["mean"] == base["max"] == BLOCK and base["skipped"] > 0  # EoTP's zeros are not counted
 
@@ -133,10 +139,11 @@ def test_figures_without_data_are_skipped_with_a_message(tmp_path):
     got = collect([tmp_path / "s"])
     messages = []
     written = make_figures(got.cells, got.samples, tmp_path / "figs", formats=("png",), log=messages.append)
-    assert written["redecodes"] == [] and written["tau_sweep"] == []
+    assert written["redecodes"] == [] and written["knob_sweep"] == [] and written["speedup_vs_gen_length"] == []
     assert any("redecodes" in m and "trace" in m for m in messages)
-    assert any("tau_sweep" in m for m in messages)
-    assert written["steps_per_block"] and written["padding_share"] and written["speedup_vs_gen_length"]
+    assert any("knob_sweep_perm" in m for m in messages)
+    assert any("speedup_vs_gen_length_perm: one generation length only (G=32)" in m for m in messages)
+    assert written["steps_per_block"] and written["padding_share"]
     empty = make_figures(got.cells.iloc[:0], pd.DataFrame(), tmp_path / "none", formats=("png",),
                          log=messages.append)
     assert all(paths == [] for paths in empty.values())
@@ -158,11 +165,14 @@ def test_padding_share_by_hand(tmp_path):
     assert table.loc["nosamples", "padding_share"] == pytest.approx(16 / 32)
     assert table.loc["nosamples", "source"] == "cell means" and table.loc["plain", "samples"] == 2
     assert table.loc["eotp", "base_method"] == "baseline" and table.loc["eotp", "method"] == "baseline +EoTP"
+    # one value per task: the cells without EoTP (an EoTP cut lowers its own)
+    assert padding_by_task(got.cells, got.samples).to_dict("records") == [
+        {"task": "perm", "G": 32, "padding_share": pytest.approx((11 / 32 + 16 / 32) / 2), "cells": 2}]
 
 
 def test_report_sweep(sweep, report):
     written = report
-    assert written["pool"] == ["baseline", "threshold", "oracle", "learned"] and len(written["problems"]) == 2
+    assert written["pool"] == ["baseline", "learned", "threshold"] and len(written["problems"]) == 2  # no oracle
     for task in ("perm", "sort"):
         assert (sweep / f"pareto_{task}.png").stat().st_size > 1000
         assert {sweep / f"pareto_{task}.png", sweep / f"pareto_{task}_tpf.png"} <= set(written["pareto"])
@@ -170,8 +180,12 @@ def test_report_sweep(sweep, report):
     md = (sweep / "tables.md").read_text()
     assert written["tables_md"] == sweep / "tables.md"
     assert "## Skipped records" in md and "failed (CUDA out of memory)" in md and "incomplete record" in md
-    assert "comparison pool: baseline, threshold, oracle, learned" in md
-    assert "## Pareto frontier" in md and "Learn2PD Table 1" in md and "### perm" in md and "### sort" in md
+    assert "comparison pool: baseline, learned, threshold" in md
+    assert "## Pareto frontier" in md and "### perm" in md and "### sort" in md
+    assert "## Accuracy % / mean NFE per method and task" in md
+    # the sweep's learned filter runs at the paper's tau_f: Learn2PD Table 1 fits; nothing ran a prefix cache
+    assert "### Learn2PD Table 1" in md and "### Fast-dLLM Table 1" in md
+    assert "skipped table Learn2PD Table 2 (KV cache)" in md
     assert "| perm | baseline | 64 | 8 | 8.00 |" in md  # 64 blocks at 8 forwards; the 8 skipped ones apart
     assert all(p.exists() for p in written["paths"])
     assert set(written["tables"]) >= {"frontier_speedup", "frontier_tpf", "aup"}
@@ -194,8 +208,8 @@ def test_figures_cli(sweep, tmp_path, capsys):
     with pytest.raises(SystemExit):
         figures_main(["--help"])
     assert "--out" in capsys.readouterr().out
-    figures_main([str(sweep), "--out", str(tmp_path / "cli"), "--formats", "png", "--only", "tau_sweep"])
-    assert (tmp_path / "cli" / "tau_sweep_perm.png").exists()
+    figures_main([str(sweep), "--out", str(tmp_path / "cli"), "--formats", "png", "--only", "knob_sweep"])
+    assert (tmp_path / "cli" / "knob_sweep_perm.png").exists()
 
 
 # ---------------------------------------------------------------- W&B
@@ -254,8 +268,8 @@ def test_log_report(sweep, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     got = collect([sweep])
     from analysis.pareto import frontier_table
-    figure = make_figures(got.cells, got.samples, tmp_path / "figs", formats=("png",), only=["tau_sweep"],
-                          log=lambda m: None)["tau_sweep"]
+    figure = make_figures(got.cells, got.samples, tmp_path / "figs", formats=("png",), only=["knob_sweep"],
+                          log=lambda m: None)["knob_sweep"]
     tables = {"frontier_speedup": frontier_table(got.cells)}
     try:
         assert log_report(figure, tables, project="dllm-test", group="g", mode="disabled") is None
@@ -265,7 +279,7 @@ def test_log_report(sweep, tmp_path, monkeypatch):
     offline = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and run_dir is not None and Path(run_dir) == offline[0]
     assert any(offline[0].glob("*.wandb"))
-    assert any(offline[0].rglob("tau_sweep_perm*.png")) and any(offline[0].rglob("frontier_speedup*.table.json"))
+    assert any(offline[0].rglob("knob_sweep_perm*.png")) and any(offline[0].rglob("frontier_speedup*.table.json"))
     # a failure inside wandb is a warning, never an exception
     with pytest.warns(UserWarning, match="wandb"):
         assert log_report(figure, tables, project="dllm-test", mode="no-such-mode") is None

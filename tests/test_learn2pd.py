@@ -256,13 +256,3 @@ def test_collect_with_eotp_records_blocks_cut_short(tmp_path):
     assert traces.meta["eotp"] is True and traces.meta["prompts"] == 20
     assert not traces.valid.all() and not traces.label[~traces.valid].any()  # cut positions: no label
     assert len(traces) < 20 * 32 // 8 * 2  # EoTP skips whole blocks of padding
-
-
-def test_report_rows_take_an_outranked_threshold_after_a_colon():
-    from harness.tasks.report import main, strategies
-    rows = strategies("tiny", ["0.8", "0.75:0.96"])
-    assert (rows["learned 0.8"]["filter_threshold"], rows["learned 0.8"]["outranked_threshold"]) == (0.8, None)
-    stricter = rows["learned 0.75:0.96"]
-    assert (stricter["filter_threshold"], stricter["outranked_threshold"]) == (0.75, 0.96)
-    with pytest.raises(SystemExit):  # argparse's one-line error, before the model loads
-        main(["--filter", "tiny", "--filter-thresholds", "0.8:x"])
