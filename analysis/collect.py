@@ -29,7 +29,8 @@ import pandas as pd
 CELL_COLUMNS = ["model", "task", "strategy", "threshold", "filter_threshold", "outranked_threshold", "eotp",
                 "cache", "gen_length", "block_length", "accuracy", "accuracy_stderr", "nfe", "tpf",
                 "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped", "tokens", "raw_tokens", "speedup",
-                "nfe_ratio", "device", "batch_size", "config_hash", "path"]
+                "speedup_q1", "speedup_q3", "nfe_ratio", "timing_trusted", "device", "batch_size", "config_hash",
+                "path"]
 
 
 @dataclass
@@ -58,6 +59,8 @@ def cell_row(record: dict, path: Path) -> dict:
         **{k: speed.get(k) for k in ("nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90",
                                       "eotp_skipped", "tokens", "raw_tokens")},
         "speedup": record.get("speedup"), "nfe_ratio": record.get("nfe_ratio"), "device": record.get("device"),
+        "speedup_q1": record.get("speedup_q1"), "speedup_q3": record.get("speedup_q3"),
+        "timing_trusted": record.get("timing", {}).get("trusted"),  # None: a record from before the rule
         "batch_size": record.get("batch_size"), "config_hash": record.get("config_hash"), "path": str(path.parent),
     }
 
