@@ -13,7 +13,8 @@ beside it. The fields read (missing ones become NaN):
      "metrics": {"accuracy": 0-1, "accuracy_stderr": 0-1},
      "speed": {"nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped", "tokens",
                "raw_tokens"},
-     "speedup": ..., "nfe_ratio": ..., "device": ..., "dtype": ..., "batch_size": ...}
+     "speedup": ..., "speedup_q1": ..., "speedup_q3": ..., "timing": {"trusted": bool, ...},
+     "nfe_ratio": ..., "device": ..., "dtype": ..., "batch_size": ...}
 
 Every sample row carries its cell's `config_hash` and `path` (the cell folder), to join with the cells.
 """

@@ -3,7 +3,7 @@ threshold τ, oracle and learned, ± EoTP, on the dependency tasks code and perm
 Hydra app and store twice: once as the machine is, once while busy-loop processes (one per core) keep every
 core busy. Prints a table per cell and whether the targets hold; asserts nothing.
 
-    python -m harness.bench_load [--limit 50] [--batch-size 50] [--threshold 0.7] [--only idle|loaded]
+    python -m harness.bench_load [--limit 50] [--batch-size 25] [--threshold 0.7] [--only idle|loaded]
 
 Targets: every cell's speedup within 25 % between the two runs; in both runs, every cell with NFE ratio >= 2
 has a speedup > 1. Run it on an otherwise idle machine: the "idle" run is only as idle as the machine.
@@ -40,16 +40,21 @@ def _spin() -> None:
 def busy_cores(count: int):
     """`count` busy-loop processes for the duration of the block, always ended on leaving it."""
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no copy of this process's state
-    workers = [context.Process(target=_spin, daemon=True) for _ in range(count)]
+    workers = []
     try:
-        for worker in workers:
-            worker.start()
+        for _ in range(count):
+            workers.append(context.Process(target=_spin, daemon=True))
+            workers[-1].start()
+        time.sleep(1)  # a worker that cannot start (a script without a __main__ guard) has usually ended by now
+        if not all(worker.is_alive() for worker in workers):
+            raise RuntimeError("a load generator process ended at start: the loaded run would not be loaded")
         yield workers
     finally:
         for worker in workers:
             if worker.is_alive():
                 worker.kill()
-            worker.join()
+            if worker.pid is not None:
+                worker.join()
 
 
 def subset(threshold: float, tasks=TASKS) -> list[str]:
@@ -112,7 +117,7 @@ def table(runs: dict[str, pd.DataFrame]) -> tuple[list[str], dict[str, bool]]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=50, help="problems per task")
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=25, help="the paired rounds decode one batch")
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--only", choices=["idle", "loaded"], help="run one of the two sweeps")
     args = parser.parse_args(argv)

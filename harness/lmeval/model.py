@@ -220,6 +220,8 @@ class DLLM(LM):
     def paired_ratios(self, reference: DecodeConfig, rounds: int) -> list[float]:
         """The paired speedup's rounds: the first batch decoded by the plain `reference` and by this model's
         settings in alternating order, right after the evaluation (whose warm-up warmed the model up)."""
+        if self.first_batch is None:
+            raise ValueError("no generation request was decoded: there is no batch to time a speedup on")
         prompts, config, until = self.first_batch
         reference = dataclasses.replace(reference, gen_length=config.gen_length)
 
