@@ -9,7 +9,8 @@ A cell with a complete record of the same config hash in the store is skipped (`
 hash covers the settings and the content of what the cell reads (`harness.fingerprints`: data, weights,
 tokenizer, learned filter, harness source); a failing cell is recorded as failed and the sweep goes on (a
 full store ends it, in one line). Speedup is the cell's throughput over that of the plain baseline with the
-same model, task, G, B, device and batch size (from the store, or run first).
+same model, task, G, B, device and batch size, both decoding the cell's first batch in alternating rounds
+right after its evaluation (harness/timing.py: the pairing and its trust rule).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import schema
 from .decoding import ConfigError, method_of
 from .fingerprints import cell_identity
-from .store import StoreFull, cell_lock, find_complete, full_disk_named, read_record, write_record
+from .store import StoreFull, cell_lock, config_hash, find_complete, full_disk_named, read_record, write_record
+from .timing import available_cores, observed, pin_threads, spread, untrusted_reasons
 
 log = logging.getLogger("harness.run")
 schema.register()
@@ -120,14 +122,20 @@ def check_run_settings(settings: dict) -> None:
 
 
 def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]:
-    """Run the cell through lm-eval; returns the record's measured part and the per-sample records."""
+    """Run the cell through lm-eval, then (unless it is the plain baseline itself) the paired speedup's
+    rounds on its first batch; returns the record's measured part and the per-sample records."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     from .lmeval import DLLM
+    from .lmeval.model import decode_config
     from .lmeval.scoring import protections
     from .lmeval.tasks import CODE_TASKS
     model_cfg, task = settings["model"], settings["task"]
+    threads = pin_threads(settings["threads"])  # before any decoding (and before the weights load)
+    if settings["pair_rounds"] < 1:
+        raise ConfigError(f"pair_rounds must be >= 1, got {settings['pair_rounds']}")
+    rounds = 0 if is_reference(settings) else settings["pair_rounds"]
     start = time.perf_counter()
     model = get_model(model_cfg, device)
     loaded = time.perf_counter()
@@ -136,9 +144,15 @@ def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]
               chat_template=model_cfg["chat_template"], raw_prompt_tasks=model_cfg["raw_prompt_tasks"])
     limit = task["limit"]
     limit = int(limit) if limit is not None and limit >= 1 else limit
-    results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=limit, log_samples=True,
-                                      confirm_run_unsafe_code=task["unsafe_code"],
-                                      task_manager=TaskManager(include_defaults=False))
+    timing = {"threads": threads, "interop_threads": torch.get_num_interop_threads(), "cores": available_cores()}
+    with observed(timing):
+        results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=limit, log_samples=True,
+                                          confirm_run_unsafe_code=task["unsafe_code"],
+                                          task_manager=TaskManager(include_defaults=False))
+        evaluated = time.perf_counter()
+        reference = decode_config(baseline_settings(settings)["decoding"])[0]
+        timing["ratios"] = lm.paired_ratios(reference, rounds) if rounds else []
+    timing.update(lm.timed, pairs=rounds)
     lm.attach_speed(results)
     name, metric = task["name"], task["metric"]
     scores = results["results"][name]
@@ -155,9 +169,9 @@ def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]
                     "lm_eval": {k: _number(v) for k, v in scores.items() if k not in ("name", "alias")}},
         "speed": {k: v for k, v in speed.items() if k != "decode_seconds"},
         "protocol": protocol, "device": protocol["device"], "device_name": protocol["device_name"],
-        "dtype": protocol["dtype"], "batch_size": settings["batch_size"],
-        "timings": {"model_load": loaded - start, "evaluate": time.perf_counter() - loaded,
-                    "decode": speed["decode_seconds"]},
+        "dtype": protocol["dtype"], "batch_size": settings["batch_size"], "timing": timing,
+        "timings": {"model_load": loaded - start, "evaluate": evaluated - loaded,
+                    "decode": speed["decode_seconds"], "pairs": time.perf_counter() - evaluated},
     }
     return record, results["samples"][name]
 
@@ -233,12 +247,19 @@ def _run_and_record(settings: dict, digest: str, prints: dict, folder: Path, dev
     return record
 
 
+def is_reference(settings: dict) -> bool:
+    """The cell is the plain baseline every speedup of its group is measured against."""
+    return config_hash(baseline_settings(settings), {}) == config_hash(settings, {})  # same fingerprints
+
+
 def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -> dict:
-    """speedup = tokens/s over the plain baseline's; nfe_ratio = baseline NFE over this cell's."""
+    """speedup (with its IQR) = the median of the paired rounds' throughput ratios (`measure`); nfe_ratio =
+    the plain baseline's NFE over this cell's, from its full evaluation (from the store, or run first); the
+    cell's timing judged by the trust rule (harness.timing)."""
     base = baseline_settings(settings)
     base_hash, base_prints = cell_identity(base)
     if base_hash == record["config_hash"]:
-        return {"speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
+        return {**judged(record, [1.0], 1.0), "baseline_hash": base_hash}
     store = Path(settings["store"])
     with cell_lock(store, base_hash):
         found = find_complete(store, base_hash, own_folders=(store / "baselines" / base_hash,))
@@ -246,14 +267,23 @@ def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -
             log.info(f"running the baseline {base_hash} this cell is compared with")
             measured, samples = measure(base, tasks, device)  # same task: its lm-eval objects are reused
             found = {"status": "complete", "config_hash": base_hash, "fingerprints": base_prints, "config": base,
-                     "method": method_of(base["decoding"]), **environment(), **measured,
-                     "speedup": 1.0, "nfe_ratio": 1.0, "baseline_hash": base_hash}
+                     "method": method_of(base["decoding"]), **environment(), **measured, "baseline_hash": base_hash}
+            found.update(judged(found, [1.0], 1.0))
             write_record(store / "baselines" / base_hash, found, samples, store)
     speed, base_speed = record["speed"], found["speed"]
-    return {"speedup": speed["tokens_per_second"] / base_speed["tokens_per_second"]
-            if base_speed.get("tokens_per_second") else None,
-            "nfe_ratio": base_speed["nfe"] / speed["nfe"] if speed.get("nfe") else None,
-            "baseline_hash": base_hash}
+    nfe_ratio = base_speed["nfe"] / speed["nfe"] if speed.get("nfe") else None
+    return {**judged(record, record["timing"]["ratios"], nfe_ratio), "baseline_hash": base_hash}
+
+
+def judged(record: dict, ratios: list[float], nfe_ratio: float | None) -> dict:
+    """speedup, its IQR ends, nfe_ratio and the record's timing with the trust rule's verdict."""
+    speedup, q1, q3 = spread(ratios)
+    timing = record["timing"]
+    reasons = untrusted_reasons(speedup=speedup, q1=q1, q3=q3, nfe_ratio=nfe_ratio, **{
+        k: timing[k] for k in ("cpu_seconds", "wall_seconds", "threads", "cores", "load_average",
+                               "load_average_after")})
+    return {"speedup": speedup, "speedup_q1": q1, "speedup_q3": q3, "nfe_ratio": nfe_ratio,
+            "timing": {**timing, "trusted": not reasons, "reasons": reasons}}
 
 
 @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="config")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-import time
 from collections import defaultdict
 
 import torch
@@ -26,6 +25,7 @@ from ..decoding import ConfigError, DecodeConfig, generate
 from ..decoding.engine import NonFiniteLogits
 from ..models import load_model
 from ..models.metered import synchronize
+from ..timing import paired_ratios, process_seconds
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default when a task sets no max_gen_toks
 
@@ -122,6 +122,8 @@ class DLLM(LM):
         self.trace = trace  # per-sample re-decodes after first-correct (keeps every step's block in memory)
         self.stats: dict[tuple[str, int], list[dict]] = defaultdict(list)
         self.batch_seconds: dict[str, float] = defaultdict(float)  # per task, for tokens per second
+        self.timed = {"wall_seconds": 0.0, "cpu_seconds": 0.0}  # every timed decode, for the trust rule
+        self.first_batch = None  # (prompts, config, stop strings) of the first batch, for the paired speedup
         self._warmed_up = False
 
     # ---------------------------------------------------------------- lm-eval interface
@@ -171,6 +173,7 @@ class DLLM(LM):
                 self._warm_up([prompts[order[0]]], config)
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
+                self.first_batch = self.first_batch or ([prompts[i] for i in chunk], config, until)
                 for i, (text, stats) in zip(chunk, self._decode([prompts[i] for i in chunk], config, until)):
                     outputs[i] = text
                     request = requests[i]
@@ -201,18 +204,23 @@ class DLLM(LM):
         self._warmed_up = True
 
     @torch.no_grad()
-    def _decode(self, prompts: list[list[int]], config: DecodeConfig, until: list[str]):
+    def _decode(self, prompts: list[list[int]], config: DecodeConfig, until: list[str], policy=None):
+        """Decode one batch with `policy` (default: the run's) and yield each row's text and statistics."""
+        policy = policy or self.policy
         ids, mask = self.encode(prompts, config.gen_length)
         reference = None
-        if self.reference_policy is not None:  # the oracle replays a baseline decode (not timed)
+        if policy.needs_reference:  # the oracle replays a baseline decode (not timed)
             reference = generate(self.model, ids, config.with_strategy("baseline"), attention_mask=mask,
                                  policy=self.reference_policy).tokens
         synchronize(self.device)
-        start = time.perf_counter()
+        start, cpu_start = process_seconds()
         out = generate(self.model, ids, config, attention_mask=mask, reference=reference, trace=self.trace,
-                       policy=self.policy)
+                       policy=policy)
         synchronize(self.device)
-        seconds = time.perf_counter() - start
+        end, cpu_end = process_seconds()
+        seconds = end - start
+        self.timed["wall_seconds"] += seconds
+        self.timed["cpu_seconds"] += cpu_end - cpu_start
         eos = self.model.eos_token_id
         redecodes = out.trace.redecodes(out.tokens) if self.trace else None
         for row, tokens in enumerate(out.tokens.tolist()):
@@ -226,6 +234,22 @@ class DLLM(LM):
                 "eotp_skipped": int(out.eotp_skipped[row]), "gen_length": config.gen_length,
                 "steps_per_block": out.steps_per_block[row].tolist(),
             } | ({"redecodes": redecodes[row]} if redecodes else {})
+
+    def paired_ratios(self, reference: DecodeConfig, rounds: int) -> list[float]:
+        """The paired speedup's rounds: the first batch decoded by the plain `reference` and by this model's
+        settings in alternating order, right after the evaluation (whose warm-up warmed the model up)."""
+        if self.first_batch is None:
+            raise ValueError("no generation request was decoded: there is no batch to time a speedup on")
+        prompts, config, until = self.first_batch
+        reference = dataclasses.replace(reference, gen_length=config.gen_length)
+        reference_policy = reference.build_policy()  # outside the timed decodes
+
+        def throughput(settings: DecodeConfig, policy):
+            def decode() -> tuple[int, float]:
+                stats = [s for _, s in self._decode(prompts, settings, until, policy)]
+                return sum(s["tokens"] for s in stats), stats[0]["batch_seconds"]
+            return decode
+        return paired_ratios(throughput(reference, reference_policy), throughput(config, self.policy), rounds)
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of context and continuation; the context's trailing spaces move to the continuation."""
