@@ -128,7 +128,7 @@ def run_failing_cell(tmp_path, *overrides) -> str:
     (["decoding.gen_length=100000"], r"gen_length 100000 \(decoding.gen_length\) leaves no room for a prompt in "
                                      r"the model's max length 128"),
     (["task=gsm8k", f"task.data_dir={DATA}"], r"gen_length 256 \(the task's max_gen_toks 256\) leaves no room"),
-    (["decoding.steps=3"], r"steps \(3\) must be a positive multiple of the number of blocks \(4 .*max_gen_toks 32"),
+    (["decoding.steps=3"], r"steps \(3\) must be a multiple of the number of blocks \(4 .*max_gen_toks 32"),
     (["decoding=learned", "decoding.block_length=16"], "filter tiny was trained for block_length 8, not "
                                                        "decoding.block_length=16"),
     (["decoding=threshold", "decoding.temperature=nan"], "decoding.temperature must be a finite number"),
