@@ -31,7 +31,7 @@ from . import schema
 from .decoding import ConfigError, method_of
 from .fingerprints import cell_identity
 from .store import StoreFull, cell_lock, config_hash, find_complete, full_disk_named, read_record, write_record
-from .timing import available_cores, observed, pin_threads, spread, untrusted_reasons
+from .timing import available_cores, observed, pin_threads, resolve_threads, spread, untrusted_reasons
 
 log = logging.getLogger("harness.run")
 schema.register()
@@ -112,6 +112,7 @@ def check_run_settings(settings: dict) -> None:
     task, limit = settings["task"], settings["task"]["limit"]
     rules = [("batch_size", settings["batch_size"], settings["batch_size"] >= 1, "an integer >= 1"),
              ("warmup", settings["warmup"], settings["warmup"] >= 0, "an integer >= 0"),
+             ("pair_rounds", settings["pair_rounds"], settings["pair_rounds"] >= 1, "an integer >= 1"),
              ("task.limit", limit, limit is None or limit > 0,
               "a number of problems >= 1 or a fraction in (0, 1)"),
              ("task.num_fewshot", task["num_fewshot"], task["num_fewshot"] is None or task["num_fewshot"] >= 0,
@@ -119,6 +120,7 @@ def check_run_settings(settings: dict) -> None:
     for name, value, valid, wanted in rules:
         if not valid:
             raise ConfigError(f"{name}={value}: must be {wanted}")
+    resolve_threads(settings["threads"])
 
 
 def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]:
@@ -133,8 +135,6 @@ def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]
     from .lmeval.tasks import CODE_TASKS
     model_cfg, task = settings["model"], settings["task"]
     threads = pin_threads(settings["threads"])  # before any decoding (and before the weights load)
-    if settings["pair_rounds"] < 1:
-        raise ConfigError(f"pair_rounds must be >= 1, got {settings['pair_rounds']}")
     rounds = 0 if is_reference(settings) else settings["pair_rounds"]
     start = time.perf_counter()
     model = get_model(model_cfg, device)
