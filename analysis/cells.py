@@ -3,7 +3,7 @@
 Fields read from a record (missing ones become NaN):
 
     {"config_hash", "baseline_hash", "config": {"model": {"name"}, "task": {"name"}, "decoding": {...}},
-     "method": {"strategy", "knobs": {own knob: value}, "needs_reference"},
+     "method": {"strategy", "knobs": {own knob: value}, "needs_reference", "label"},
      "metrics": {"accuracy": 0-1, "accuracy_stderr": 0-1},
      "speed": {"nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped", "tokens",
                "raw_tokens", "samples", "gen_length"},
@@ -25,7 +25,7 @@ from harness.decoding import method_of
 
 SPEED_COLUMNS = ("nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped", "tokens",
                  "raw_tokens")
-CELL_COLUMNS = ["model", "task", "strategy", "knobs", "needs_reference", "is_reference", "eotp", "cache",
+CELL_COLUMNS = ["model", "task", "strategy", "knobs", "label", "needs_reference", "is_reference", "eotp", "cache",
                 "gen_length", "block_length", "accuracy", "accuracy_stderr", *SPEED_COLUMNS, "speedup",
                 "speedup_q1", "speedup_q3", "nfe_ratio", "timing_trusted", "device", "device_name", "batch_size",
                 "samples", "config_hash", "baseline_hash", "path"]
@@ -42,10 +42,12 @@ def cell_row(record: dict, path: Path) -> dict:
     cfg = record.get("config", {})
     decoding, metrics, speed = cfg.get("decoding", {}), record.get("metrics", {}), record.get("speed", {})
     method = record.get("method") or method_of(decoding)
+    if "label" not in method:  # written before labels: the registry's declaration labels it now
+        method = {**method, "label": method_of({"strategy": method["strategy"], **method["knobs"]})["label"]}
     pct = (lambda v: None if v is None else 100 * v)
     return {
         "model": cfg.get("model", {}).get("name"), "task": cfg.get("task", {}).get("name"),
-        "strategy": method["strategy"], "knobs": dict(method["knobs"]),
+        "strategy": method["strategy"], "knobs": dict(method["knobs"]), "label": method.get("label"),
         "needs_reference": bool(method["needs_reference"]),
         "is_reference": record.get("baseline_hash") is not None
         and record.get("config_hash") == record.get("baseline_hash"),
@@ -82,21 +84,13 @@ def missing_fields(row: dict) -> list[str]:
     return [k for k in ("task", "strategy", "accuracy") if row[k] is None]
 
 
-def _knob_text(value) -> str | None:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return None
-    if isinstance(value, float):
-        return f"{value:g}"
-    return Path(value).name if isinstance(value, str) else str(value)  # a file knob by its name
-
-
 def method_label(row) -> str:
-    """A readable name for a cell's decoding setting: strategy, its knobs and the loop switches, e.g.
-    "threshold threshold=0.9 +EoTP +dual"."""
-    knobs = row.get("knobs")
-    texts = [f"{k}={t}" for k, v in (knobs if isinstance(knobs, dict) else {}).items()
-             if (t := _knob_text(v)) is not None]
-    name = " ".join([row["strategy"], *texts])
+    """A readable name for a cell's decoding setting: the record's method label (strategy and knobs by their
+    declared symbols) and the loop switches, e.g. "threshold τ=0.9 +EoTP +dual"."""
+    label = row.get("label")
+    if not isinstance(label, str):  # a record from before labels
+        label = method_of({"strategy": row["strategy"], **(row.get("knobs") or {})})["label"]
+    name = label  # + the loop switches
     if row.get("eotp"):
         name += " +EoTP"
     if row.get("cache", "none") not in ("none", None):

@@ -52,14 +52,20 @@ def test_collect_reports_failed_and_incomplete_records(sweep):
     assert row.accuracy == pytest.approx(79) and math.isnan(row.threshold) and row.filter_threshold == 0.96
 
 
-def test_method_label_names_each_knob_of_its_strategy():
+def test_method_label_names_each_knob_of_its_strategy_by_its_declared_symbol():
     learned = {"strategy": "learned", "knobs": {"filter_path": "/x/filters/perm.safetensors", "filter_threshold": 0.75,
                                                 "outranked_threshold": 0.96}, "eotp": True, "cache": "dual"}
-    assert method_label(learned) == ("learned filter_path=perm.safetensors filter_threshold=0.75 "
-                                     "outranked_threshold=0.96 +EoTP +dual")
+    assert method_label(learned) == "learned filter=perm.safetensors τ_f=0.75 τ_o=0.96 +EoTP +dual"
     learned["knobs"]["outranked_threshold"] = None
-    assert method_label(learned) == "learned filter_path=perm.safetensors filter_threshold=0.75 +EoTP +dual"
+    assert method_label(learned) == "learned filter=perm.safetensors τ_f=0.75 +EoTP +dual"
     assert method_label({"strategy": "topk", "knobs": {"k": 3}, "eotp": False, "cache": "none"}) == "topk k=3"
+    # a mode at its declared default says nothing; away from it, it is named
+    plain = {"strategy": "baseline", "knobs": {"steps": None, "remasking": "low_confidence"}, "eotp": False}
+    assert method_label(plain) == "baseline"
+    plain["knobs"] |= {"steps": 8, "remasking": "random"}
+    assert method_label(plain) == "baseline steps=8 remasking=random"
+    # a record's own label wins (the harness wrote it from the policy's declaration)
+    assert method_label({**plain, "label": "baseline (as recorded)"}) == "baseline (as recorded)"
 
 
 def test_pareto_on_random_points():
@@ -75,7 +81,7 @@ def test_pareto_on_random_points():
 def test_frontier_table_and_plots(sweep, tmp_path):
     got = collect([sweep])
     front = frontier_table(got.cells)
-    assert list(front.method) == ["learned filter_threshold=0.96 +EoTP", "baseline +EoTP"]  # baseline: dominated
+    assert list(front.method) == ["learned τ_f=0.96 +EoTP", "baseline +EoTP"]  # baseline: dominated
     paths = plot_task(got.cells, "perm", "speedup", tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf", ".svg"]
     assert all(p.stat().st_size > 1000 for p in paths)

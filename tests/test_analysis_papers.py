@@ -68,7 +68,7 @@ def test_fastdllm_columns_hold_the_papers_settings_not_the_fastest_cell(cells):
     assert code["+Parallel"] == "79.00 / 40.00 (4.00×)"  # tau 0.9, although tau 0.5 ran 6.5x faster
     assert code["+Cache+Parallel"] == "79.00 / 60.00 (6.00×)"
     assert code["LLaDA"] == "80.00 / 10.00 (1.00×)" and code["+Cache"] == "79.00 / 18.00 (1.80×)"
-    assert any("+Parallel = threshold threshold=0.9" in n and "+Cache = baseline +prefix" in n for n in notes)
+    assert any("+Parallel = threshold τ=0.9" in n and "+Cache = baseline +prefix" in n for n in notes)
     assert any("tiny" in n and "G=32" in n and "B=8" in n and "2-core CPU" in n for n in notes)
 
 
@@ -80,7 +80,7 @@ def test_learn2pd_columns_take_tau_f_096_and_no_variant(cells):
     assert perm["EoTP"] == "25.00 / 2.50× / 80.00"
     kv = fill(cells, LEARN2PD_KV)[0].set_index("Task").loc["perm"]
     assert kv["+ Dual Cache"] == kv["+ Prefix Cache"] == "200.00 / 20.00× / 77.00"
-    assert any("Learn2PD = learned filter_threshold=0.96" in n for n in notes)
+    assert any("Learn2PD = learned τ_f=0.96" in n for n in notes)
 
 
 def test_every_latex_row_has_the_tables_column_count(cells):
@@ -95,7 +95,7 @@ def test_every_latex_row_has_the_tables_column_count(cells):
             assert len(re.split(r"(?<!\\)&", row)) == len(columns), row
     latex = render(cells, LEARN2PD_TABLE1, latex=True)
     assert "Learn2PD \\& EoTP" in latex  # escaped by Styler, header and caption alike
-    assert "\\caption{Learn2PD Table 1" in latex and "Learn2PD \\& EoTP = learned filter\\_threshold=0.96" in latex
+    assert "\\caption{Learn2PD Table 1" in latex and "Learn2PD \\& EoTP = learned τ\\_f=0.96" in latex
 
 
 def test_a_layout_without_its_cells_is_skipped_with_a_message(cells):
@@ -213,7 +213,7 @@ def test_method_task_table_is_the_readme_layout(cells):
     assert list(table.columns) == ["code", "perm"]
     assert table.index[0] == "baseline" and table.index[-1] == "oracle"
     assert table.loc["baseline", "code"] == "80.0 / 32"
-    assert table.loc["threshold threshold=0.5", "perm"] == "31.0 / 4.92"
+    assert table.loc["threshold τ=0.5", "perm"] == "31.0 / 4.92"
     assert table.loc["baseline +EoTP", "perm"] == "80.0 / 10.67"
 
 

@@ -12,7 +12,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 import harness.run  # noqa: F401  (registers the schemas)
-from harness.decoding import LOOP_SWITCHES, POLICIES, ConfigError, DecodeConfig
+from harness.decoding import LOOP_SWITCHES, POLICIES, ConfigError, DecodeConfig, method_of
 from harness.lmeval.model import decode_config
 from harness.run import cell_settings, run_cell
 
@@ -116,8 +116,9 @@ def records(tmp_path_factory):
 def test_a_record_holds_only_its_strategys_knobs(records, strategy):
     record, knobs = records[strategy], list(POLICIES[strategy].knob_names())
     assert record["status"] == "complete", record.get("error")
-    assert record["method"] == {"strategy": strategy, "knobs": {k: record["config"]["decoding"][k] for k in knobs},
-                                "needs_reference": POLICIES[strategy].needs_reference}
+    own = {k: record["config"]["decoding"][k] for k in knobs}
+    assert record["method"] == {"strategy": strategy, "knobs": own, "needs_reference": POLICIES[strategy].needs_reference,
+                                "label": method_of({"strategy": strategy, **own})["label"]}
     assert list(record["config"]["decoding"]) == list(LOOP_SWITCHES) + knobs
     assert sorted(record["protocol"]["decoding"]) == sorted(list(LOOP_SWITCHES) + knobs)
     assert record["speed"]["nfe"] > 0 and record["speedup"] > 0

@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 class PolicyConfig:
     """A policy's own knobs. A policy declares a frozen subclass as its nested `Config`: fields with defaults
     (one comment each), and `validate` for ranges. Field metadata `hydra_default` gives the Hydra schema an
-    interpolation as default (e.g. "${model.filter}": a model may ship its own filter)."""
+    interpolation as default (e.g. "${model.filter}": a model may ship its own filter); `symbol` names the knob
+    in method labels (τ for threshold)."""
 
     def validate(self) -> None:
         """Raise ConfigError for a knob out of range; this base checks types and that floats are finite."""
@@ -146,8 +147,25 @@ def method_of(decoding: dict[str, Any]) -> dict:
     strategy = decoding.get("strategy")
     policy = POLICIES.get(strategy)
     names = policy.knob_names() if policy else [k for k in decoding if k not in LOOP_SWITCHES]
-    return {"strategy": strategy, "knobs": {k: decoding[k] for k in names if k in decoding},
-            "needs_reference": bool(policy and policy.needs_reference)}
+    knobs = {k: decoding[k] for k in names if k in decoding}
+    return {"strategy": strategy, "knobs": knobs, "needs_reference": bool(policy and policy.needs_reference),
+            "label": method_label(strategy, knobs, fields(policy.Config) if policy else ())}
+
+
+def method_label(strategy: str, knobs: dict, declared=()) -> str:
+    """The method's name in tables and plots: the strategy and its knobs by their declared symbols, e.g.
+    "threshold τ=0.9"; a knob at None, or a non-numeric one at its declared default (a mode left as it
+    is), says nothing and is left out."""
+    declared = {f.name: f for f in declared}
+    parts = [str(strategy)]
+    for name, value in knobs.items():
+        f = declared.get(name)
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is None or (f is not None and not numeric and value == f.default):
+            continue
+        text = f"{value:g}" if isinstance(value, float) else str(value).rsplit("/", 1)[-1]  # a file by its name
+        parts.append(f"{f.metadata.get('symbol', name) if f else name}={text}")
+    return " ".join(parts)
 
 
 def top_k(score: Tensor, eligible: Tensor, k: Tensor | int) -> Tensor:

@@ -1,4 +1,4 @@
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..policy import Policy, PolicyConfig, prefix_length, register_policy, top_k
 
@@ -10,7 +10,7 @@ class EntropyBounded(Policy):
 
     @dataclass(frozen=True)
     class Config(PolicyConfig):
-        gamma: float = 0.1  # entropy budget of one step (nats)
+        gamma: float = field(default=0.1, metadata={"symbol": "γ"})  # entropy budget of one step (nats)
 
         def validate(self):
             super().validate()

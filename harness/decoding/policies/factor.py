@@ -1,4 +1,4 @@
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -12,7 +12,7 @@ class Factor(Policy):
 
     @dataclass(frozen=True)
     class Config(PolicyConfig):
-        factor: float = 1.0  # f in (k + 1)(1 - c_k) <= f; larger commits more per step
+        factor: float = field(default=1.0, metadata={"symbol": "f"})  # (k + 1)(1 - c_k) <= f; larger commits more
 
         def validate(self):
             super().validate()

@@ -24,10 +24,12 @@ class Learned(Policy):
     @dataclass(frozen=True)
     class Config(PolicyConfig):
         # a filter file (ours or layer_2_flan.pth) or a shipped name ("tiny"); Hydra: the model's own filter
-        filter_path: str | None = field(default=None, metadata={"hydra_default": "${model.filter}"})
+        filter_path: str | None = field(default=None, metadata={"hydra_default": "${model.filter}", "symbol": "filter"})
         # tau_f: commit masked positions with sigma(f(c)) > tau_f (the paper's 0.96, or the model filter's)
-        filter_threshold: float = field(default=0.96, metadata={"hydra_default": "${model.filter_threshold}"})
-        outranked_threshold: float | None = None  # a stricter tau_f where another position claims the token
+        filter_threshold: float = field(default=0.96, metadata={"hydra_default": "${model.filter_threshold}",
+                                                                 "symbol": "τ_f"})
+        # τ_o: a stricter τ_f where another position claims the token
+        outranked_threshold: float | None = field(default=None, metadata={"symbol": "τ_o"})
 
         def validate(self):
             super().validate()

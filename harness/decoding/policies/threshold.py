@@ -1,4 +1,4 @@
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..policy import Policy, PolicyConfig, register_policy, top_k
 
@@ -10,7 +10,7 @@ class Threshold(Policy):
 
     @dataclass(frozen=True)
     class Config(PolicyConfig):
-        threshold: float = 0.9  # tau: commit positions with confidence > tau (Fast-dLLM's 0.9)
+        threshold: float = field(default=0.9, metadata={"symbol": "τ"})  # commit confidence > τ (Fast-dLLM: 0.9)
 
         def validate(self):
             super().validate()
