@@ -5,7 +5,8 @@ rule that flags a cell whose timing cannot be trusted.
 Trust rule (`untrusted_reasons`): a cell's timing is flagged, `timing.trusted = false` with the reasons, when
 - the process ran less than STARVED CPU-seconds per wall-second and thread during its timed decodes (it
   waited for cores other work held, so its tokens/s are the machine's, not the method's);
-- the 1-minute load average before or after the cell exceeded the cores available to it;
+- the 1-minute load average before or after the cell exceeded the cores available to it by more than one
+  (the run's own threads count in the load average: a run alone on its cores reads about `threads`);
 - the paired speedups spread: IQR wider than SPREAD of their median;
 - speedup and NFE ratio disagree in direction: NFE ratio >= AGREE but speedup < 1, or NFE ratio <= 1/AGREE
   but speedup > 1 (a method that saves forwards cannot honestly be slower, and vice versa).
@@ -117,8 +118,8 @@ def untrusted_reasons(*, speedup: float, q1: float, q3: float, nfe_ratio: float 
         reasons.append(f"CPU time {share:.2f} of wall time x {threads} threads (< {STARVED}): the process "
                        f"waited for cores")
     load = max(load_average[0], load_average_after[0])
-    if load > cores:
-        reasons.append(f"load average {load:.1f} above the {cores} cores")
+    if load > cores + 1:
+        reasons.append(f"load average {load:.1f} above the {cores} cores + 1")
     if q3 - q1 > SPREAD * speedup:
         reasons.append(f"paired speedups spread {(q3 - q1) / speedup:.0%} of their median (> {SPREAD:.0%})")
     if nfe_ratio is not None and ((nfe_ratio >= AGREE and speedup < 1) or (nfe_ratio <= 1 / AGREE and speedup > 1)):
