@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.decoding import knob_symbol
+
 from .collect import collect_and_report, method_label
 from .style import (UNTRUSTED, caption, colours_for, column, families, flag, marker, method_order,
                     strategy_order, swept_knob, trusted)
@@ -422,7 +424,7 @@ def plot_knob_sweep(cells: pd.DataFrame, out_dir: Path, formats: Iterable[str] =
             acc_ax.set_ylabel("accuracy (%)")
             tpf_ax.set_ylabel("tokens per forward")
             for ax in (acc_ax, tpf_ax):
-                ax.set_xlabel(f"{strategy}: {knob}")
+                ax.set_xlabel(f"{strategy}: {knob_symbol(strategy, knob)}")
                 ax.grid(alpha=0.3)
             tpf_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
         fig.suptitle(f"{task}: knob sweeps (grey dotted: the reference's accuracy)\n"

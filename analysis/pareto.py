@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.decoding import knob_symbol
+
 from .collect import collect_and_report, method_label
 from .figures import FORMATS, new_figure, safe_name, save
 from .style import UNTRUSTED, caption, colours_for, column, families, flag, marker, method_order, trusted
@@ -97,7 +99,7 @@ def draw(ax, cells: pd.DataFrame, x: str, colours: dict):
                        linestyle=":" if oracle else "-")
         ax.plot([], [], marker=shape, color=colour, linestyle=":" if oracle else "-",
                 markerfacecolor="none" if oracle else colour,
-                label=label + (f" ({knob} swept)" if knob else "") + (" — needs the answer: reference" if oracle
+                label=label + (f" ({knob_symbol(family.strategy.iloc[0], knob)} swept)" if knob else "") + (" — needs the answer: reference" if oracle
                                                                         else ""))
         if knob:
             for _, p in family.iterrows():

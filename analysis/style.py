@@ -128,7 +128,7 @@ def label_without(row, knob: str | None) -> str:
     row = row.to_dict() if hasattr(row, "to_dict") else dict(row)
     knobs = dict(row.get("knobs") or {})
     knobs.pop(knob, None)
-    return method_label({**row, "knobs": knobs, knob: np.nan})
+    return method_label({**row, "knobs": knobs, "label": None, knob: np.nan})  # relabelled from the knobs left
 
 
 def _values(cells: pd.DataFrame, name: str) -> str:

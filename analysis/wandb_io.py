@@ -81,7 +81,8 @@ def run_record(run) -> dict:
             "speed": {key: _value(summary, key) for key in SUMMARY_SPEED},
             **{key: _value(summary, key) for key in SUMMARY_TOP},
             "device": _value(summary, "device", config.get("device")),
-            "batch_size": _value(summary, "batch_size", config.get("batch_size"))}
+            "batch_size": _value(summary, "batch_size", config.get("batch_size")),
+            "timing": {"trusted": _value(summary, "timing_trusted")}}
 
 
 def collect_wandb(path: str, group: str | None = None, api=None) -> Collected:

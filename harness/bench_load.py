@@ -3,7 +3,7 @@ threshold τ, oracle and learned, ± EoTP, on the dependency tasks code and perm
 Hydra app and store twice: once as the machine is, once while busy-loop processes (one per core) keep every
 core busy. Prints a table per cell and whether the targets hold; asserts nothing.
 
-    python -m harness.bench_load [--limit 50] [--batch-size 25] [--threshold 0.7] [--only idle|loaded]
+    python -m harness.bench_load [--limit 50] [--batch-size 25] [--threshold 0.7] [--threads auto] [--only idle|loaded]
 
 Targets: every cell's speedup within 25 % between the two runs; in both runs, every cell with NFE ratio >= 2
 has a speedup > 1. Run it on an otherwise idle machine: the "idle" run is only as idle as the machine.
@@ -65,11 +65,13 @@ def subset(threshold: float, tasks=TASKS) -> list[str]:
             "decoding.cache=none"]
 
 
-def sweep(store: Path, *, limit: int, batch_size: int, threshold: float, tasks=TASKS) -> pd.DataFrame:
+def sweep(store: Path, *, limit: int, batch_size: int, threshold: float, threads: str = "auto",
+          tasks=TASKS) -> pd.DataFrame:
     """The subset, run as users run the quickstart (`python -m harness -m experiment=quickstart ...`, each cell
     recorded in `store`); returns the collected cells."""
     command = [sys.executable, "-m", "harness", "-m", *subset(threshold, tasks), f"store={store}",
-               f"task.limit={limit}", f"batch_size={batch_size}", "tracking=disabled", "analyse=false"]
+               f"task.limit={limit}", f"batch_size={batch_size}", f"threads={threads}", "tracking=disabled",
+               "analyse=false"]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     return cells_of(store)
@@ -119,6 +121,7 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, default=50, help="problems per task")
     parser.add_argument("--batch-size", type=int, default=25, help="the paired rounds decode one batch")
     parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--threads", default="auto", help="torch threads per process (the sweep's `threads`)")
     parser.add_argument("--only", choices=["idle", "loaded"], help="run one of the two sweeps")
     args = parser.parse_args(argv)
     cores = available_cores()
@@ -128,10 +131,10 @@ def main(argv=None) -> None:
             start, before = time.perf_counter(), os.getloadavg()[0]
             with busy_cores(cores if name == "loaded" else 0):
                 runs[name] = sweep(Path(tmp) / name, limit=args.limit, batch_size=args.batch_size,
-                                   threshold=args.threshold)
+                                   threshold=args.threshold, threads=args.threads)
             seconds[name], load[name] = time.perf_counter() - start, (before, os.getloadavg()[0])
     print(f"# load benchmark: tiny LLaDA, tasks {'/'.join(TASKS)}, {args.limit} problems, batch {args.batch_size}, "
-          f"{cores} cores; loaded = {cores} busy-loop processes")
+          f"threads {args.threads}, {cores} cores; loaded = {cores} busy-loop processes")
     for name in runs:
         print(f"# {name}: {seconds[name]:.0f} s, 1-min load average {load[name][0]:.1f} before, "
               f"{load[name][1]:.1f} after")

@@ -27,8 +27,10 @@ def summary_of(record: dict) -> dict:
     """The flat numbers a cell's W&B summary holds (what `analysis.wandb_io` reads back), and a failed cell's
     status and error."""
     return {**record.get("metrics", {}), **record.get("speed", {}),
-            **{k: record.get(k) for k in ("speedup", "nfe_ratio", "config_hash", "device", "dtype", "batch_size",
-                                          "status", "error")}}
+            **{k: record.get(k) for k in ("speedup", "speedup_q1", "speedup_q3", "nfe_ratio", "config_hash",
+                                          "baseline_hash", "device", "device_name", "dtype", "batch_size",
+                                          "status", "error")},
+            "timing_trusted": record.get("timing", {}).get("trusted")}
 
 
 def log_cell(tracking: dict, record: dict, samples: list[dict], folder, metric: str) -> str | None:

@@ -10,10 +10,11 @@ from .policy import (
     Policy,
     PolicyConfig,
     StepState,
+    knob_symbol,
     method_of,
     register_policy,
     top_k,
 )
 
 __all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "DecodeConfig", "DecodeOutput", "Policy",
-           "PolicyConfig", "StepState", "Trace", "generate", "method_of", "register_policy", "top_k"]
+           "PolicyConfig", "StepState", "Trace", "generate", "knob_symbol", "method_of", "register_policy", "top_k"]

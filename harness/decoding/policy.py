@@ -152,6 +152,13 @@ def method_of(decoding: dict[str, Any]) -> dict:
             "label": method_label(strategy, knobs, fields(policy.Config) if policy else ())}
 
 
+def knob_symbol(strategy: str, knob: str) -> str:
+    """How labels name a strategy's knob: its declared `symbol` (τ for threshold), else its name."""
+    policy = POLICIES.get(strategy)
+    declared = {f.name: f for f in fields(policy.Config)} if policy else {}
+    return declared[knob].metadata.get("symbol", knob) if knob in declared else knob
+
+
 def method_label(strategy: str, knobs: dict, declared=()) -> str:
     """The method's name in tables and plots: the strategy and its knobs by their declared symbols, e.g.
     "threshold τ=0.9"; a knob at None, or a non-numeric one at its declared default (a mode left as it
@@ -183,5 +190,5 @@ def prefix_length(ok_sorted: Tensor) -> Tensor:
     return ok_sorted.long().cumprod(-1).sum(-1).clamp(min=1)
 
 
-__all__ = ["LOOP_SWITCHES", "POLICIES", "ConfigError", "Policy", "PolicyConfig", "StepState", "method_of",
+__all__ = ["LOOP_SWITCHES", "POLICIES", "ConfigError", "Policy", "PolicyConfig", "StepState", "knob_symbol", "method_of",
            "prefix_length", "register_policy", "top_k"]
