@@ -135,9 +135,8 @@ def test_pareto_draws_knob_sweeps_as_curves_the_oracle_as_reference_and_a_stairc
     code = cells[cells.task == "code"]
     draw(ax, code, "speedup", colours_for(cells))
     labels = [line.get_label() for line in ax.lines]
-    assert "threshold +prefix (threshold swept)" in labels and "topk (k swept)" in labels
-    assert any(label.startswith("learned outranked_threshold") or "filter_threshold swept" in label
-               for label in labels)
+    assert "threshold +prefix (τ swept)" in labels and "topk (k swept)" in labels
+    assert any(label.startswith("learned τ_o") or "τ_f swept" in label for label in labels)
     assert any("oracle" in label and "reference" in label for label in labels)
     curves = [list(line.get_xdata()) for line in ax.lines]
     assert [6.5, 5, 4] in curves and [2, 4] in curves  # tau 0.5 / 0.7 / 0.9 and k 2 / 4 joined, in knob order
