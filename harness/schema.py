@@ -17,7 +17,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
-from .decoding import POLICIES
+from .decoding import POLICIES, DecodeConfig
 
 
 class Cache(Enum):
@@ -56,14 +56,15 @@ class ModelSchema:
 
 @dataclass
 class DecodingSchema:
-    """The loop's switches, shared by every strategy."""
+    """The loop's switches, shared by every strategy; their defaults are `DecodeConfig`'s, except G (each task's
+    own) and B (the model's)."""
     strategy: str = MISSING
     gen_length: Optional[int] = None  # G; None: each task's max_gen_toks
     block_length: int = II("model.block_length")  # B
-    temperature: float = 0.0
-    eotp: bool = False
-    cache: Cache = Cache.none
-    seed: int = 0
+    temperature: float = DecodeConfig.temperature
+    eotp: bool = DecodeConfig.eotp
+    cache: Cache = Cache(DecodeConfig.cache)
+    seed: int = DecodeConfig.seed
 
 
 def decoding_schema(strategy: str) -> type[DecodingSchema]:
