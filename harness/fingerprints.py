@@ -18,7 +18,7 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
-from .store import cell_lock, config_hash, read_record, write_atomic
+from .store import cell_lock, config_hash, digest_of, read_record, write_atomic
 
 PACKAGE = Path(__file__).resolve().parent
 CACHED_FROM = 16 << 20  # smaller files are simply hashed again each time
@@ -27,10 +27,6 @@ TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json",
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # Libraries whose version changes a cell's result (prompts and scoring, tokenization, numerics).
 LIBRARIES = ("lm_eval", "transformers", "torch")
-
-
-def digest_of(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cache_file() -> Path:

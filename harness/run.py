@@ -150,14 +150,12 @@ def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]
                                           confirm_run_unsafe_code=task["unsafe_code"],
                                           task_manager=TaskManager(include_defaults=False))
         evaluated = time.perf_counter()
-        reference = decode_config(baseline_settings(settings)["decoding"])[0]
+        reference = decode_config(baseline_settings(settings)["decoding"])[0] if rounds else None
         timing["ratios"] = lm.paired_ratios(reference, rounds) if rounds else []
     timing.update(lm.timed, pairs=rounds)
     lm.attach_speed(results)
     name, metric = task["name"], task["metric"]
-    scores = results["results"][name]
-    if metric not in scores:
-        raise KeyError(f"task {name} has no metric {metric!r}; it reports {sorted(scores)}")
+    scores = results["results"][name]  # `metric` is among them: check_cell checked it before the model loaded
     metric_name, _, metric_filter = metric.partition(",")
     stderr = scores.get(f"{metric_name}_stderr,{metric_filter}")
     speed = results["speed"][name]
@@ -258,7 +256,7 @@ def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -
     cell's timing judged by the trust rule (harness.timing)."""
     base = baseline_settings(settings)
     base_hash, base_prints = cell_identity(base)
-    if base_hash == record["config_hash"]:
+    if is_reference(settings):
         return {**judged(record, [1.0], 1.0), "baseline_hash": base_hash}
     store = Path(settings["store"])
     with cell_lock(store, base_hash):

@@ -30,11 +30,15 @@ class StoreFull(Exception):
     """No space left where the store is: no record can be written, so the sweep stops."""
 
 
+def digest_of(value) -> str:
+    """A stable 16-hex-digit digest of a JSON-able value (key order does not matter)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def config_hash(config: dict, fingerprints: dict) -> str:
     """Stable hash of what defines a cell: its settings (model, task, decoding, batch, device kind, ...) and the
     fingerprints of the files it reads (`harness.fingerprints`)."""
-    keyed = {k: v for k, v in config.items() if k not in UNHASHED} | {"fingerprints": fingerprints}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest_of({k: v for k, v in config.items() if k not in UNHASHED} | {"fingerprints": fingerprints})
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -98,8 +98,13 @@ class StepState:
     generator: torch.Generator | None = None
 
     @cached_property
+    def probabilities(self) -> Tensor:
+        """[n, B, vocab] softmax of the logits, computed once per step for the policies that read it."""
+        return self.logits.float().softmax(-1)
+
+    @cached_property
     def entropy(self) -> Tensor:
-        return torch.special.entr(self.logits.float().softmax(-1)).sum(-1)
+        return torch.special.entr(self.probabilities).sum(-1)
 
 
 class Policy:

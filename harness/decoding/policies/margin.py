@@ -21,7 +21,7 @@ class Margin(Policy):
             self.require("margin_threshold", 0 <= self.margin_threshold <= 1, "in [0, 1]")
 
     def select(self, state):
-        top2 = state.logits.float().softmax(-1).topk(2, dim=-1).values
+        top2 = state.probabilities.topk(2, dim=-1).values
         margin = top2[..., 0] - top2[..., 1]
         confident = state.masked & (margin > self.config.margin_threshold)
         return confident | top_k(margin, state.masked, 1)
