@@ -67,6 +67,24 @@ def aup_table(cells: pd.DataFrame, pool: list[str] | None = None) -> pd.DataFram
     return pd.DataFrame(rows, columns=["task", "method", "points", "y_max", "aup"])
 
 
+def aup_board(table: pd.DataFrame) -> pd.DataFrame:
+    """Methods ranked by AUP: one column per task (the AUP, its rank in brackets) and `overall`, the mean AUP
+    over the tasks each method ran, divided per task by the task's best AUP first so that no task dominates
+    by its scale (1.0 = best on every task). Methods missing a task are ranked on the tasks they ran, and
+    the `tasks` column says how many."""
+    if table.empty:
+        return pd.DataFrame(columns=["rank", "method", "overall", "tasks"])
+    scores = table.pivot_table(index="method", columns="task", values="aup", aggfunc="first")
+    relative = scores / scores.max()
+    board = pd.DataFrame({"overall": relative.mean(axis=1), "tasks": scores.notna().sum(axis=1)})
+    for task in scores.columns:
+        ranks = scores[task].rank(ascending=False, method="min")
+        board[task] = [f"{v:.2f} ({r:.0f})" if pd.notna(v) else "" for v, r in zip(scores[task], ranks)]
+    board = board.sort_values("overall", ascending=False).reset_index()
+    board.insert(0, "rank", range(1, len(board) + 1))
+    return board
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
@@ -76,7 +94,9 @@ def main(argv=None):
     got = collect_and_report(args.folders)
     pool = args.pool or default_pool(got.cells)
     print(f"comparison pool: {', '.join(pool)}")
-    print(aup_table(got.cells, pool).to_markdown(index=False, floatfmt=".2f"))
+    table = aup_table(got.cells, pool)
+    print(table.to_markdown(index=False, floatfmt=".2f"))
+    print("\n" + aup_board(table).to_markdown(index=False, floatfmt=".3f"))
 
 
 if __name__ == "__main__":

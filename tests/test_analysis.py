@@ -3,9 +3,10 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from analysis.aup import aup, aup_table
+from analysis.aup import aup, aup_board, aup_table
 from analysis.collect import collect, knob_names, method_label
 from analysis.pareto import frontier_table, pareto_mask, plot_task
 from analysis.tables import FASTDLLM_TABLE1, LEARN2PD_TABLE1, fill, render
@@ -95,6 +96,17 @@ def test_aup_by_hand():
     # the same points score lower against a stronger pool
     w = lambda y: math.exp(-3 * (1 - y / 90))  # noqa: E731
     assert aup([(1, 80), (2, 78)], y_max=90) == pytest.approx(80 + (78 * w(78) + 80 * w(80)) / 2)
+
+
+def test_aup_board_ranks_per_task_and_overall():
+    table = pd.DataFrame([("arith", "x", 80.0), ("arith", "y", 160.0), ("perm", "x", 5.0), ("perm", "y", 3.0),
+                          ("arith", "z", 100.0)], columns=["task", "method", "aup"])
+    board = aup_board(table).set_index("method")
+    # relative to each task's best: y = (1 + 0.6) / 2, x = (0.5 + 1) / 2, z = 100 / 160 on its one task
+    assert board["overall"].to_dict() == pytest.approx({"y": 0.8, "x": 0.75, "z": 0.625})
+    assert board["rank"].tolist() == [1, 2, 3]
+    assert board.loc["x", "perm"] == "5.00 (1)" and board.loc["x", "arith"] == "80.00 (3)"
+    assert board.loc["z", "tasks"] == 1 and board.loc["z", "perm"] == ""
 
 
 def test_aup_depends_on_the_declared_pool(sweep):
