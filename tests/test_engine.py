@@ -149,3 +149,20 @@ def test_redecodes_count_forwards_between_first_correct_prediction_and_commit(ti
         assert len(base_counts[row]) == 16  # every position committed once
         assert oracle_counts[row] == [0] * 16  # the oracle commits at first sight
         assert max(base_counts[row]) <= 7  # never more than the block's steps
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("strategy", ["baseline", "threshold"])
+def test_caches_are_exact_for_a_one_layer_model(prompts, cache, strategy):
+    """Within a block the cached positions' tokens do not change, and a single layer's keys and values depend
+    only on its own tokens: so with one layer the prefix and dual caches must decode exactly like full
+    forwards. Their accuracy cost on deeper models (the embedded default's `perm`) is the caches' staleness
+    in the later layers, not the implementation."""
+    from harness.models import LLaDAConfig, random_llada
+    one_layer = random_llada(LLaDAConfig(d_model=64, n_heads=4, n_kv_heads=4, n_layers=1, mlp_hidden_size=128,
+                                         vocab_size=320, max_sequence_length=128, rope_theta=10000.0,
+                                         rms_norm_eps=1e-5, mask_token_id=310, eos_token_id=257, pad_token_id=257),
+                             seed=1)
+    plain = generate(one_layer, prompts, cfg(strategy=strategy))
+    cached = generate(one_layer, prompts, cfg(strategy=strategy, cache=cache))
+    assert torch.equal(cached.tokens, plain.tokens) and torch.equal(cached.nfe, plain.nfe)
