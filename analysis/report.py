@@ -210,10 +210,13 @@ def main(argv=None):
 
 
 def log_to_wandb(written: dict, project: str, group: str | None, mode: str, folder: Path):
-    """The report's PNGs and frontier / AUP tables as one W&B run (job type `analysis`)."""
-    from .wandb_io import log_report
+    """The report's PNGs and frontier / AUP tables as the sweep's one W&B run of job type `analysis` (the sweep:
+    `group`, else the folder), updated by every re-run of the report rather than joined by another."""
+    from .wandb_io import analysis_run_id, log_report
     tables = {k: written["tables"][k] for k in ("frontier_speedup", "frontier_tpf", "aup")}
-    return log_report(written["paths"], tables, project, group, mode, dir=folder)
+    sweep = group or str(folder.resolve())
+    return log_report(written["paths"], tables, project, group, mode, dir=folder,
+                      name=f"analysis · {group or folder.resolve().name}", run_id=analysis_run_id(project, sweep))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ tokens_per_second, latency_p50, latency_p90, eotp_skipped, speedup, nfe_ratio, c
 batch_size (tokens and raw_tokens when present). Each run becomes the record dict of a `result.json` and goes
 through `analysis.cells.cell_row`, so both sources share one cell schema. A run whose state is not
 "finished" is listed in `problems`, as are runs that lack a task, strategy or accuracy; runs of job_type
-"analysis" (reports logged by `log_report`) are not cells and are passed over.
+"analysis" (reports logged by `log_report`, one run per sweep) are not cells and are passed over.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Iterable, Mapping
@@ -131,13 +132,22 @@ def _loggable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), None)
 
 
+def analysis_run_id(project: str, sweep: str) -> str:
+    """The report's run id: one per (project, sweep), so a re-run of the report updates that run."""
+    project_name = str(project).rpartition("/")[2]  # "entity/project" and "project" name the same run
+    return "analysis-" + hashlib.sha256(f"{project_name}\n{sweep}".encode()).hexdigest()[:16]
+
+
 def log_report(paths: Iterable[str | Path], tables: Mapping[str, pd.DataFrame], project: str,
                group: str | None = None, mode: str = "online", dir: str | Path | None = None,
-               name: str | None = None) -> Path | None:
+               name: str | None = None, run_id: str | None = None) -> Path | None:
     """Log the written PNGs among `paths` (as wandb.Image, key "figures/<stem>") and `tables` (as wandb.Table,
-    key "tables/<name>") into one new run of job_type "analysis" in `project` ("entity/project" or "project")
-    and `group`; `mode` is "online", "offline" or "disabled"; `dir` is where W&B writes its run folder
-    (default: $WANDB_DIR or the working folder). Returns the run's local folder (None when disabled).
+    key "tables/<name>") into a run of job_type "analysis" in `project` ("entity/project" or "project") and
+    `group`; `mode` is "online", "offline" or "disabled"; `dir` is where W&B writes its run folder (default:
+    $WANDB_DIR or the working folder). With `run_id` (see `analysis_run_id`) the run of that id is resumed
+    when it exists: online, W&B appends the new figures and tables to it (its summary shows the latest);
+    offline, each call writes a run folder holding that id and marked as resumed, and `wandb sync` uploads
+    them in order into that one run. Returns the run's local folder (None when disabled).
     Any W&B failure is reported as a warning and returns None: logging never takes the analysis down."""
     try:
         import wandb
@@ -145,7 +155,8 @@ def log_report(paths: Iterable[str | Path], tables: Mapping[str, pd.DataFrame], 
         if dir is not None:
             Path(dir).mkdir(parents=True, exist_ok=True)
         run = wandb.init(entity=entity or None, project=project_name, group=group, job_type="analysis", mode=mode,
-                         dir=str(dir) if dir is not None else None, name=name, reinit="create_new")
+                         dir=str(dir) if dir is not None else None, name=name, id=run_id,
+                         resume="allow" if run_id else None, reinit="create_new")
         try:
             payload = {f"figures/{Path(p).stem}": wandb.Image(str(p)) for p in paths
                        if Path(p).suffix == ".png" and Path(p).exists()}

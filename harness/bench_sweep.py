@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     from hydra import compose, initialize_config_dir
 
     from .run import REPO, cell_settings, run_cell
-    from .tracking import log_cell
+    from .tracking import finish_cell, start_cell
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"task={args.task}", f"task.limit={args.limit}", f"store={tmp}",
                                            f"batch_size={args.batch_size}", f"decoding={args.decoding}",
@@ -41,8 +41,8 @@ def main(argv=None) -> None:
         wandb_seconds = []  # the first W&B run of a process pays for wandb's own start-up
         for cell in cells:
             start = time.perf_counter()
-            log_cell({"mode": "offline", "project": "dllm-harness-bench"}, cell, samples, Path(tmp) / "further",
-                     "acc")
+            run = start_cell({"mode": "offline", "project": "dllm-harness-bench"}, cell, Path(tmp) / "further")
+            finish_cell(run, cell, samples, "acc,none")
             wandb_seconds.append(time.perf_counter() - start)
 
     print(f"# one {args.decoding} cell: task {args.task}, {args.limit} problems, batch {args.batch_size}, "

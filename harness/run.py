@@ -229,6 +229,8 @@ def _run_and_record(settings: dict, digest: str, prints: dict, folder: Path, dev
     record = {"status": "running", "config_hash": digest, "fingerprints": prints, "config": settings,
               "method": method_of(settings["decoding"]), **environment()}
     samples = None
+    from .tracking import finish_cell, start_cell
+    run = start_cell(settings["tracking"], record, folder)  # open while the cell runs: its console, system metrics
     try:
         tasks = check_cell(settings)
         measured, samples = measure(settings, tasks, device)
@@ -240,8 +242,7 @@ def _run_and_record(settings: dict, digest: str, prints: dict, folder: Path, dev
         log.error(f"cell {digest} failed: {record['error']}")
     record["timings"] = {**record.get("timings", {}), "cell": time.perf_counter() - started}
     write_record(folder, record, samples, Path(settings["store"]))
-    from .tracking import log_cell
-    log_cell(settings["tracking"], record, samples or [], folder, settings["task"]["metric"].split(",")[0])
+    finish_cell(run, record, samples or [], settings["task"]["metric"])
     return record
 
 

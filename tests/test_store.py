@@ -1,13 +1,11 @@
 """The result store finds a complete cell by its hash through the index, and survives what users do to it;
-a cell's identity covers what it read (data, weights, tokenizer, filter, harness); collect and W&B survive
-damaged stores, failed cells and a missing network."""
+a cell's identity covers what it read (data, weights, tokenizer, filter, harness); collect survives
+damaged stores and failed cells."""
 import errno
 import hashlib
 import json
-import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -16,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from analysis.collect import collect, collect_and_report
-from harness import fingerprints, tracking
+from harness import fingerprints
 from harness import store as store_module
 from harness.fingerprints import cell_identity, file_digest
 from harness.run import baseline_settings, cell_settings, run_cell
@@ -289,57 +287,3 @@ def test_a_missing_folder_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=f"^error: no such folder: {missing}$"):
         collect_and_report([missing])
 
-
-# --- W&B ---------------------------------------------------------------------------------------------------
-
-def failing_cell(tmp_path, name: str, mode: str) -> dict:
-    settings = settings_for(tmp_path, "task=gsm8k", f"task.data_dir={tmp_path / 'nowhere'}", f"tracking={mode}")
-    return run_cell(settings, tmp_path / "store" / name, "cpu")
-
-
-def inspect(run_dir) -> dict:
-    shown = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True,
-                           text=True, timeout=120)
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout)
-
-
-def test_a_failed_cell_is_logged_to_wandb_as_failed_with_its_error(tmp_path):
-    cell = failing_cell(tmp_path, "bad", "wandb_offline")
-    assert cell["status"] == "failed"
-    (run_dir,) = (tmp_path / "store" / "bad").glob("wandb/offline-run-*")
-    run = inspect(run_dir)
-    assert run["state"] == "failed" and run["exit_code"] == 1
-    assert run["summary"]["error"] == cell["error"] and "gsm8k/test.jsonl" in run["summary"]["error"]
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_online_wandb_without_network_gives_up_once_per_sweep_and_logs_offline(tmp_path, monkeypatch, caplog):
-    import wandb
-    wandb.teardown()  # a service started by an earlier test would keep its own settings
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{unused_port()}")  # nothing listens there
-    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
-    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
-    modes = []
-    real_init = wandb.init
-
-    def init(*args, **kwargs):
-        modes.append(kwargs["mode"])
-        return real_init(*args, **kwargs)
-    monkeypatch.setattr(wandb, "init", init)
-    with caplog.at_level(logging.INFO, logger="harness.tracking"):
-        failing_cell(tmp_path, "first", "wandb_online")
-        failing_cell(tmp_path, "second", "wandb_online")
-    wandb.teardown()
-    assert modes == ["online", "offline", "offline"]  # the second cell does not wait for the network again
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == tracking.log.name]
-    assert len(warnings) == 1 and "W&B online unreachable" in warnings[0]
-    assert (tmp_path / "store" / tracking.OFFLINE_MARKER).exists()
-    for name in ("first", "second"):
-        (run_dir,) = (tmp_path / "store" / name).glob("wandb/offline-run-*")
-        assert inspect(run_dir)["state"] == "failed"

@@ -1,6 +1,6 @@
 """The Hydra application: configs compose (and bad ones fail at compose time), cells are recorded, skipped
 when complete, recorded as failed without stopping a sweep, and real multiruns (joblib; killed and
-restarted) write each record exactly once. W&B runs offline and is read back with its own tool."""
+restarted) write each record exactly once."""
 import json
 import math
 import os
@@ -19,7 +19,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 import harness.run  # noqa: F401  (registers the schemas)
 from analysis.collect import collect
-from harness import tracking
 from harness.decoding import POLICIES
 from harness.run import cell_settings, run_cell
 from harness.fingerprints import cell_identity
@@ -144,17 +143,6 @@ def test_a_failing_cell_is_recorded_as_failed(tmp_path):
     assert saved["status"] == "failed" and saved["error"] == record["error"]
 
 
-def test_wandb_failure_never_fails_the_cell(tmp_path, monkeypatch):
-    import wandb
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no network")
-    monkeypatch.setattr(wandb, "init", broken)
-    record = {"config": {"sweep": "s", "task": {"name": "t"}, "decoding": {"strategy": "baseline"}},
-              "config_hash": "0" * 16, "metrics": {"accuracy": 1.0}}
-    assert tracking.log_cell({"mode": "offline", "project": "p"}, record, [], tmp_path, "acc") is None
-
-
 def harness_cli(*args, store: Path, env=None, analyse=False, **popen):
     command = [sys.executable, "-m", "harness", *args, f"store={store}", f"analyse={str(analyse).lower()}"]
     environment = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
@@ -205,24 +193,6 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_cells(tmp_path):
     for digest, record in before.items():  # finished cells were skipped, their records untouched
         assert after[digest]["timings"] == record["timings"]
     assert output.count("skipped: complete record") == len(before)
-
-
-def test_offline_wandb_run_holds_config_and_summary(tmp_path):
-    run = harness_cli("task=perm", "decoding=threshold", "task.limit=4", "batch_size=4", "warmup=0",
-                      "tracking=wandb_offline", store=tmp_path)
-    output, _ = run.communicate(timeout=300)
-    assert run.returncode == 0, output[-3000:]
-    (record_file,) = [p for p in tmp_path.rglob("result.json") if "baselines" not in p.parts]
-    record = json.loads(record_file.read_text())
-    (run_dir,) = record_file.parent.glob("wandb/offline-run-*")
-    shown = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True,
-                           text=True, timeout=120)
-    assert shown.returncode == 0, shown.stderr
-    inspected = json.loads(shown.stdout)
-    assert inspected["state"] == "finished"
-    assert inspected["config"]["task"]["name"] == "perm" and inspected["config"]["decoding"]["strategy"] == "threshold"
-    assert inspected["summary"]["accuracy"] == pytest.approx(record["metrics"]["accuracy"])
-    assert inspected["summary"]["config_hash"] == record["config_hash"]
 
 
 def test_new_strategies_need_only_their_file_to_run_record_and_be_analysed(tmp_path):
