@@ -152,8 +152,7 @@ def measure(settings: dict, tasks: dict, device: str) -> tuple[dict, list[dict]]
         evaluated = time.perf_counter()
         reference = decode_config(baseline_settings(settings)["decoding"])[0] if rounds else None
         timing["ratios"] = lm.paired_ratios(reference, rounds) if rounds else []
-    timing.update(lm.timed, pairs=rounds)
-    lm.attach_speed(results)
+    timing.update(lm.timed, pairs=rounds)  # results["speed"]: merged by the model (DLLM.attach_speed)
     name, metric = task["name"], task["metric"]
     scores = results["results"][name]  # `metric` is among them: check_cell checked it before the model loaded
     metric_name, _, metric_filter = metric.partition(",")

@@ -1,19 +1,31 @@
-"""lm-eval integration: the `dllm` model through real lm-eval on the embedded default, real task configs on
-the shared benchmark copies, and the one-line errors raised before any model loads."""
+"""lm-eval integration: the `dllm` model through real lm-eval on the embedded default (its Python API and its
+CLI through `dllm-lm-eval`), the synthetic tasks' YAML, real task configs on the shared benchmark copies, and the
+one-line errors raised before any model loads."""
+import json
+import logging
+import os
+import subprocess
+import sys
+
 import lm_eval
 import lm_eval.api.model
 import pytest
+import torch
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
+from lm_eval.utils import simple_parse_args_string
 
 import harness.lmeval.model as dllm_module
 from harness.decoding import ConfigError
 from harness.lmeval import DLLM, TaskError, build_tasks, counted_tokens, cut_at_stop, evaluate, task_config
+from harness.lmeval.cli import main as dllm_lm_eval
+from harness.lmeval.model import decode_config
+from harness.lmeval.tasks import TASK_YAML
 from harness.tasks.synthetic import TASKS
 
-from .conftest import DATA
+from .conftest import DATA, FIXTURE, REPO
 
-SPEED_KEYS = ("nfe", "tpf", "tokens", "raw_tokens", "seconds", "eotp_skipped")
+SPEED_KEYS = ("nfe", "tpf", "tokens", "raw_tokens", "seconds", "tokens_per_second", "eotp_skipped")
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +47,20 @@ def request(prompt, until=(), task="stop_test", doc_id=0):
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_simple_evaluate_on_each_synthetic_task_logs_speed_per_sample(lm, task):
+    # a plain simple_evaluate: the model merges its speed statistics into what lm-eval returns
     results = lm_eval.simple_evaluate(model=lm, tasks=[task_config(task)], limit=8, log_samples=True,
                                       task_manager=TaskManager(include_defaults=False))
-    lm.attach_speed(results)
     assert 0.0 <= results["results"][task]["acc,none"] <= 1.0
     assert results["results"][task]["nfe,none"] > 0 and results["results"][task]["tokens_per_second,none"] > 0
+    assert results["results"][task]["latency_p90,none"] >= results["results"][task]["latency_p50,none"] > 0
+    assert results["speed"][task]["samples"] == 8  # this evaluation's requests only
     samples = results["samples"][task]
     assert len(samples) == 8
     for sample in samples:
         assert all(key in sample for key in SPEED_KEYS)
         assert sample["nfe"] >= 4  # at least one forward per block (G = 32, B = 8)
         assert sample["tpf"] == pytest.approx(sample["tokens"] / sample["nfe"])
+        assert sample["tokens_per_second"] == pytest.approx(sample["tokens"] / sample["seconds"])
     assert results["speed_protocol"]["batch_size"] == 8
 
 
@@ -185,3 +200,92 @@ def test_gsm8k_scorer_on_gold_and_perturbed_answers(perturb, expected):
                                       task_manager=TaskManager(include_defaults=False))
     scores = results["results"]["gsm8k"]
     assert scores["exact_match,strict-match"] == expected and scores["exact_match,flexible-extract"] == expected
+
+
+def cli_output(folder) -> tuple[dict, list[dict]]:
+    """The results and the first task's samples lm-eval's CLI wrote under `--output_path folder`."""
+    results = json.loads(next(folder.rglob("results_*.json")).read_text())
+    lines = next(folder.rglob("samples_*.jsonl")).read_text().splitlines()
+    return results, [json.loads(line) for line in lines]
+
+
+def test_dllm_lm_eval_command_is_lm_evals_cli_with_speed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # lm-eval's parser reads (and edits) sys.argv
+    dllm_lm_eval(["--model", "dllm", "--model_args", "model=tiny,strategy=threshold,threshold=0.9,warmup=0",
+                  "--tasks", "arith", "--device", "cpu", "--limit", "4", "--output_path", str(tmp_path),
+                  "--log_samples"])
+    results, samples = cli_output(tmp_path)
+    arith = results["results"]["arith"]
+    assert arith["acc,none"] >= 0.5  # the embedded default solves most arith problems at tau 0.9
+    assert arith["nfe,none"] < 32 and arith["tpf,none"] > 1  # threshold decoding: several tokens per forward
+    assert arith["tokens_per_second,none"] > 0 and arith["latency_mean,none"] > 0
+    assert results["speed"]["arith"]["samples"] == 4 and results["speed_protocol"]["device"] == "cpu"
+    assert len(samples) == 4
+    for sample in samples:
+        assert all(key in sample for key in SPEED_KEYS)
+        assert sample["tpf"] == pytest.approx(sample["tokens"] / sample["nfe"])
+    assert "tokens_per_second" in capsys.readouterr().out  # lm-eval's printed table lists the speed rows
+
+
+def test_yaml_tasks_are_the_python_tasks(lm):
+    """Through `--include_path`'s folder: the same documents, prompts, targets, outputs and scores."""
+    names = ["perm", "code"]  # where the embedded default gets some wrong at tau 0.5
+    lm = DLLM(lm.model, block_length=8, batch_size=8, warmup=0, strategy="threshold", threshold=0.5)
+    runs = [lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=6, log_samples=True, task_manager=manager)
+            for tasks, manager in ((names, TaskManager(include_path=str(TASK_YAML), include_defaults=False)),
+                                   ([task_config(n) for n in names], TaskManager(include_defaults=False)))]
+    from_yaml, from_python = runs
+    for name in names:
+        assert from_yaml["results"][name]["acc,none"] == from_python["results"][name]["acc,none"]
+        for ours, theirs in zip(from_yaml["samples"][name], from_python["samples"][name], strict=True):
+            for key in ("doc", "arguments", "target", "filtered_resps", "acc", "nfe"):
+                assert ours[key] == theirs[key], key
+    assert 0 < sum(s["acc"] for s in from_yaml["samples"]["perm"] + from_yaml["samples"]["code"]) < 12
+
+
+def test_plain_lm_eval_runs_the_yaml_tasks_from_any_folder(tmp_path):
+    """Plain `lm_eval --include_path` (another model, another working directory) finds the tasks and data."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}  # the harness importable, not the CWD
+    subprocess.run([sys.executable, "-m", "lm_eval", "run", "--model", "dummy", "--tasks", "facts",
+                    "--include_path", str(TASK_YAML), "--limit", "3", "--output_path", str(tmp_path / "out"),
+                    "--log_samples"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    results, samples = cli_output(tmp_path / "out")
+    assert results["results"]["facts"]["acc,none"] == 0.0  # the dummy model answers "lol"
+    python_task = build_tasks(["facts"])["facts"]
+    docs = list(python_task.test_docs())[:3]
+    assert [s["doc"] for s in samples] == docs
+    assert [s["arguments"]["gen_args_0"]["arg_0"] for s in samples] == [python_task.doc_to_text(d) for d in docs]
+    assert [s["target"] for s in samples] == [python_task.doc_to_target(d) for d in docs]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without CUDA")
+def test_cuda_without_cuda_runs_on_the_cpu_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="harness.lmeval.model"):
+        lm = DLLM("tiny", device="cuda:0", warmup=0)  # lm-eval's CLI default
+    assert lm.device.type == "cpu"
+    assert "device=cuda:0: CUDA is not available, running on the CPU" in caplog.text
+
+
+def test_bad_model_arg_is_one_line_before_weights_load(monkeypatch, no_model_load):
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    with pytest.raises(SystemExit, match=r"^error: unknown decoding setting\(s\) \['treshold'\] for strategy "
+                                         r"'threshold'; its knobs: \['threshold'\]"):
+        dllm_lm_eval(["--model", "dllm", "--model_args", "model=tiny,strategy=threshold,treshold=0.9",
+                      "--tasks", "arith", "--device", "cpu"])
+
+
+def test_model_args_take_the_declared_types():
+    # lm-eval reads "none" as None and "1" as 1; the decoding fields say what they are
+    config, fixed = decode_config(simple_parse_args_string("strategy=threshold,threshold=1,eotp=1,cache=none,"
+                                                           "block_length=8,temperature=0"))
+    assert (config.cache, config.eotp, config.block_length, fixed) == ("none", True, 8, None)
+    assert config.policy.threshold == 1.0 and type(config.policy.threshold) is float
+    assert type(config.temperature) is float
+    with pytest.raises(ConfigError, match="threshold must be"):
+        decode_config({"strategy": "threshold", "threshold": "high"})
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="../shared/fixtures not present")
+def test_model_arg_takes_a_folder():
+    lm = DLLM.create_from_arg_string(f"model={FIXTURE},block_length=8,warmup=0", {"device": "cpu"})
+    assert lm.model.max_length == 128 and lm.decoding.block_length == 8

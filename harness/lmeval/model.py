@@ -2,32 +2,40 @@
 
 lm-eval's `generate_until` contract returns strings only, so the statistics of each request (NFE, tokens
 per forward, counted tokens, wall time, padding skipped by EoTP) are kept in `DLLM.stats`, keyed by
-(task, doc_id), and merged into lm-eval's results by `attach_speed` (done by `harness.lmeval.evaluate`).
+(task, doc_id). lm-eval hands the LM nothing of the results it builds, so this module wraps the `evaluate`
+that `simple_evaluate` calls: for a DLLM, the statistics of that evaluation are merged into its results and
+samples (`attach_speed`), whoever calls it (lm-eval's CLI, `simple_evaluate`, `harness.lmeval.evaluate`).
 
     lm = DLLM("tiny", strategy="threshold", threshold=0.9, block_length=8)
-    results = lm_eval.simple_evaluate(model=lm, tasks=[...], log_samples=True)
-    lm.attach_speed(results)
+    results = lm_eval.simple_evaluate(model=lm, tasks=[...], log_samples=True)  # results["speed"], samples' nfe
 or by name, once `harness.lmeval` is imported: simple_evaluate(model="dllm", model_args="model=tiny,eotp=True").
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
 import statistics
+import types
+import typing
 from collections import defaultdict
 
+import lm_eval.evaluator
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from ..decoding import ConfigError, DecodeConfig, generate
+from ..decoding import LOOP_SWITCHES, POLICIES, ConfigError, DecodeConfig, generate
 from ..decoding.engine import NonFiniteLogits
 from ..models import load_model
+from ..models.loading import model_folder
 from ..models.metered import synchronize
 from ..timing import paired_ratios, process_seconds
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default when a task sets no max_gen_toks
+log = logging.getLogger(__name__)
 
 
 def cut_at_stop(text: str, until: list[str]) -> str:
@@ -48,13 +56,60 @@ def counted_tokens(tokenizer, text: str, eos_id: int) -> int:
     return count_non_eos(tokenizer(text, add_special_tokens=False).input_ids, eos_id)
 
 
+def typed(value, hint):
+    """`value` as the type `hint` declares (int, float, bool, str, X | None). lm-eval types model_args by their
+    look ("none" -> None, "1" -> 1, "0.9" -> 0.9) or not at all; a value that fits no option is returned as is,
+    for the config's own check to name."""
+    text = str(value).lower() if value is None or isinstance(value, bool) else str(value)
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in sorted(options, key=lambda o: o is not type(None)):  # "none" means None where None is allowed
+        if option is type(None) and text.lower() == "none":
+            return None
+        if option is bool and text.lower() in ("true", "false", "1", "0"):
+            return text.lower() in ("true", "1")
+        if option in (int, float):
+            try:
+                return option(text)
+            except ValueError:
+                continue
+        if option is str:
+            return text
+    return value
+
+
+def typed_fields(fields: dict) -> dict:
+    """Decoding fields as the loop switches and the chosen strategy's knobs declare them; unknown keys are
+    left for `DecodeConfig.create` to name."""
+    strategy = typed(fields.get("strategy", DecodeConfig.strategy), str)
+    hints = {k: hint for k, hint in typing.get_type_hints(DecodeConfig).items() if k in LOOP_SWITCHES}
+    if strategy in POLICIES:
+        hints |= typing.get_type_hints(POLICIES[strategy].Config)
+    return {k: typed(v, hints[k]) if k in hints else v for k, v in fields.items()}
+
+
 def decode_config(fields: dict) -> tuple[DecodeConfig, int | None]:
     """Validate flat decoding fields (loop switches and the strategy's knobs) now, before any weights load.
     Returns the config and the fixed generation length (None: set per request from its max_gen_toks; the
     config then holds a placeholder G = B)."""
+    fields = typed_fields(fields)
     fixed = fields.get("gen_length")
     placeholder = fields.get("block_length", DecodeConfig.block_length)
     return DecodeConfig.create(**{**fields, "gen_length": fixed or placeholder}), fixed
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The device to load on: CUDA when visible, else the CPU. lm-eval's CLI asks for cuda:0 unless told
+    otherwise; without CUDA that falls back to the CPU with a warning, as lm-eval's `hf` model does."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device={device}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        log.warning(f"device={device}: CUDA is not available, running on the CPU")
+        return torch.device("cpu")
+    return chosen
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -110,9 +165,12 @@ class DLLM(LM):
         if self.batch_size < 1 or warmup < 0 or mc_num < 1 or mc_batch_size < 1:
             raise ConfigError("batch_size, mc_num and mc_batch_size must be >= 1 and warmup >= 0")
         if isinstance(model, str):
-            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            dtype = getattr(torch, dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-            model = load_model(model, dtype=dtype, device=device, shift_logits=shift_logits,
+            model_folder(model)  # a missing folder is the first thing to report
+            device = resolve_device(device)
+            dtype = dtype or ("bfloat16" if device.type == "cuda" else "float32")
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ConfigError(f"dtype={dtype}: not a torch dtype (float32, bfloat16, float16)")
+            model = load_model(model, dtype=getattr(torch, dtype), device=device, shift_logits=shift_logits,
                                trust_remote_code=trust_remote_code)
         self.model, self.tokenizer = model, model.tokenizer
         self.chat_template = (getattr(self.tokenizer, "chat_template", None) is not None
@@ -228,9 +286,11 @@ class DLLM(LM):
             text = cut_at_stop(self.tokenizer.decode(tokens[:end], skip_special_tokens=False), until)
             answer = self.tokenizer(text, add_special_tokens=False).input_ids  # re-tokenized once: count + text
             counted, nfe = count_non_eos(answer, eos), int(out.nfe[row])
+            latency = float(out.wall_time[row])
             yield self.tokenizer.decode(answer, skip_special_tokens=True), {
                 "nfe": nfe, "tokens": counted, "raw_tokens": count_non_eos(tokens, eos),
-                "tpf": counted / max(nfe, 1), "seconds": float(out.wall_time[row]), "batch_seconds": seconds,
+                "tpf": counted / max(nfe, 1), "seconds": latency, "batch_seconds": seconds,
+                "tokens_per_second": counted / latency if latency > 0 else None,
                 "eotp_skipped": int(out.eotp_skipped[row]), "gen_length": config.gen_length,
                 "steps_per_block": out.steps_per_block[row].tolist(),
             } | ({"redecodes": redecodes[row]} if redecodes else {})
@@ -311,8 +371,14 @@ class DLLM(LM):
                 "gen_length": statistics.mode(s["gen_length"] for s in stats),
                 "decode_seconds": self.batch_seconds[task]}
 
+    def clear_stats(self) -> None:
+        """Forget the requests of earlier evaluations (each result carries its own)."""
+        self.stats.clear()
+        self.batch_seconds.clear()
+
     def attach_speed(self, results: dict) -> dict:
-        """Merge the per-request statistics into lm-eval's sample records and aggregate metrics."""
+        """Merge the per-request statistics into lm-eval's sample records and aggregate metrics (done for every
+        lm-eval evaluation of a DLLM, see `_evaluate_with_speed`)."""
         for task, samples in (results.get("samples") or {}).items():
             for sample in samples:
                 stats = self.stats.get((task, sample["doc_id"]))
@@ -325,3 +391,23 @@ class DLLM(LM):
             results["results"][task].update({f"{k},none": v for k, v in speed.items() if k not in ("samples", "decode_seconds")})
         results["speed_protocol"] = self.protocol()
         return results
+
+
+_lm_eval_evaluate = lm_eval.evaluator.evaluate
+
+
+@functools.wraps(_lm_eval_evaluate)
+def _evaluate_with_speed(*args, **kwargs):
+    """lm-eval's `evaluate` (what `simple_evaluate` calls, by keyword) with a DLLM's speed statistics in the
+    results and samples it returns; any other LM's results are left as they are."""
+    lm = kwargs["lm"] if "lm" in kwargs else args[0]
+    model = getattr(lm, "lm", lm)  # lm-eval's CachingLM (--use_cache) wraps the model
+    if isinstance(model, DLLM):
+        model.clear_stats()
+    results = _lm_eval_evaluate(*args, **kwargs)
+    if isinstance(model, DLLM) and results is not None:  # None: not the rank that gathers the results
+        model.attach_speed(results)
+    return results
+
+
+lm_eval.evaluator.evaluate = _evaluate_with_speed

@@ -1,5 +1,6 @@
-"""lm-eval task configs the harness builds: the embedded default's synthetic tasks and four real benchmarks
-read from local copies (`data_dir` laid out like `../shared/data/`).
+"""lm-eval task configs the harness builds: the embedded default's synthetic tasks (read from their lm-eval
+YAML in `yaml_tasks/`, which `--include_path` users run) and four real benchmarks read from local copies
+(`data_dir` laid out like `../shared/data/`).
 
 GSM8K, HumanEval and MBPP start from lm-eval's own YAML (prompt, stop strings, few-shot settings), loaded
 through its YAML loader without importing their helper modules (HumanEval/MBPP's need the hub for HF
@@ -20,6 +21,7 @@ from ..tasks.synthetic import TASKS as SYNTHETIC, write_splits
 from . import scoring
 
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
+TASK_YAML = Path(__file__).parent / "yaml_tasks"  # the synthetic tasks as lm-eval YAML (`--include_path`)
 REAL_TASKS = ("gsm8k", "math", "humaneval", "mbpp")
 TASK_NAMES = (*SYNTHETIC, *REAL_TASKS)
 CODE_TASKS = ("humaneval", "mbpp")
@@ -33,7 +35,6 @@ ROW_FIELDS = {"gsm8k/test.jsonl": ("question", "answer"), "gsm8k/train.jsonl": (
               "mbpp/mbpp.jsonl": ("task_id", "text", "code", "test_list")}
 SYNTHETIC_FIELDS = ("prompt", "answer", "meta")
 MBPP_TEST_IDS, MBPP_FEWSHOT_IDS = range(11, 511), (2, 3, 4)  # the standard split; lm-eval's 3 shots
-SYNTHETIC_GEN_LENGTH = 32  # the embedded default's generation length (max_gen_toks of its tasks)
 
 
 class TaskError(ValueError):
@@ -86,21 +87,34 @@ def check_rows(path: Path, fields: tuple[str, ...]) -> None:
                 raise TaskError(f"{path}:{number}: row has no {missing[0]} (it could only score 0)")
 
 
-def _synthetic(name: str) -> dict:
-    task = SYNTHETIC[name]
+def _synthetic_files(name: str) -> dict[str, Path]:
     folder = synthetic_data_dir() / name
-    for split in ("train", "validation", "test"):
-        check_rows(folder / f"{split}.jsonl", SYNTHETIC_FIELDS)
-    return {
-        "task": name, "output_type": "generate_until",
-        **_json_dataset({s: folder / f"{s}.jsonl" for s in ("train", "validation", "test")}),
-        "training_split": "train", "validation_split": "validation", "test_split": "test",
-        "doc_to_text": "{{prompt}}", "doc_to_target": "{{answer}}", "target_delimiter": " ",
-        "process_results": lambda doc, results: {"acc": float(task.score(doc, results[0].strip()))},
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "generation_kwargs": {"until": [], "max_gen_toks": SYNTHETIC_GEN_LENGTH, "do_sample": False},
-        "num_fewshot": 0, "metadata": {"version": 1.0},
-    }
+    files = {split: folder / f"{split}.jsonl" for split in ("train", "validation", "test")}
+    for path in files.values():
+        check_rows(path, SYNTHETIC_FIELDS)
+    return files
+
+
+def synthetic_dataset(synthetic_task: str, **_):
+    """The YAML tasks' data (lm-eval's `custom_dataset`, called with the task's metadata too): the JSONL splits
+    the Python configs read, loaded the way lm-eval loads those."""
+    import datasets
+    files = _synthetic_files(synthetic_task)
+    return datasets.load_dataset("json", data_files={split: str(path) for split, path in files.items()})
+
+
+def score_synthetic(doc: dict, results: list[str]) -> dict:
+    """The synthetic tasks' `process_results`: the task's own checker on the answer."""
+    return {"acc": float(SYNTHETIC[doc["task"]].score(doc, results[0].strip()))}
+
+
+def _synthetic(name: str) -> dict:
+    """The task's YAML (prompt, target, scorer, generation settings; what `--include_path` users run) with
+    its splits as data files, so that a cell's data fingerprint covers them."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+    config = load_yaml(TASK_YAML / f"{name}.yaml")
+    del config["custom_dataset"], config["tag"]
+    return config | _json_dataset(_synthetic_files(name))
 
 
 def _gsm8k(data_dir: Path | None) -> dict:
