@@ -1,9 +1,10 @@
 """One command for a sweep's whole analysis: Pareto plots, frontier tables, AUP, paper tables, figures.
 
-    python -m analysis.report SWEEP_DIR [--formats png pdf svg] [--pool STRATEGY ...]
+    python -m analysis.report SWEEP_DIR [--out FOLDER] [--formats png pdf svg] [--pool STRATEGY ...]
                               [--wandb PROJECT [--group G] [--wandb-mode offline]]
 
-Everything is written into SWEEP_DIR: pareto_<task>.<ext> (accuracy vs speedup; tokens per forward when
+SWEEP_DIR is only read (a read-only store can be analysed); everything is written into --out (default
+SWEEP_DIR/analysis): pareto_<task>.<ext> (accuracy vs speedup; tokens per forward when
 the task's timings are flagged), pareto_<task>_tpf.<ext> (accuracy vs tokens per forward), the figures of
 `analysis.figures`, and tables.md: skipped records, accuracy / mean NFE per method and task (the README's
 embedded-default table, from `experiment=embedded_table`), a cells summary per task, the frontier members,
@@ -106,8 +107,9 @@ def with_gen_length(frontier: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame
     return frontier.reset_index(drop=True)
 
 
-def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: list[str] | None = None) -> dict:
-    """The whole analysis of the sweep in `folder`, written into `folder`.
+def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: list[str] | None = None,
+                 out: str | Path | None = None) -> dict:
+    """The whole analysis of the sweep in `folder`, written into `out` (default `folder`/analysis).
 
     Returns {"tables_md": Path, "pareto": [paths], "figures": {figure: [paths]}, "paths": every file written,
     "tables": {name: DataFrame} (cells, methods_by_task, frontier_speedup, frontier_tpf, aup, steps_per_block,
@@ -115,6 +117,8 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
     "pool": the AUP comparison pool, "problems": the skipped records, "messages": figures/plots skipped}.
     Nothing here raises for missing data: a plot or table without data is skipped with a message."""
     folder, formats = Path(folder), tuple(formats)
+    out = Path(out) if out else folder / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
     messages: list[str] = []
 
     def say(message: str):
@@ -135,7 +139,7 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
                 say(f"skipped pareto_{task} ({x}): no cell has both {x} and accuracy")
                 continue
             try:
-                pareto_paths += plot_task(cells, task, x, folder, formats)
+                pareto_paths += plot_task(cells, task, x, out, formats)
             except Exception as err:
                 say(f"skipped pareto_{task} ({x}): failed ({type(err).__name__}: {err})")
 
@@ -146,7 +150,7 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
                                                                                "aup"])
     steps = steps_per_block_table(cells, samples)
     padding = padding_by_task(cells, samples)
-    figures = make_figures(cells, samples, folder, formats, log=say)
+    figures = make_figures(cells, samples, out, formats, log=say)
 
     lines = [f"# Sweep report: {folder}", "",
              f"{len(cells)} cells, {len(samples)} samples, {len(got.problems)} skipped records.", "",
@@ -176,7 +180,7 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
     for path in pareto_paths + [p for paths in figures.values() for p in paths]:
         lines += [f"![{path.stem}]({path.name})", ""] if path.suffix == ".png" else [f"- {path.name}"]
     lines += [""] + [f"- {m}" for m in messages]
-    tables_md = folder / "tables.md"
+    tables_md = out / "tables.md"
     tables_md.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {tables_md}")
 
@@ -192,7 +196,8 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="the sweep folder (searched for result.json; outputs go here)")
+    parser.add_argument("folder", type=Path, help="the sweep folder (searched for result.json, never written)")
+    parser.add_argument("--out", type=Path, help="where the plots and tables.md go (default: FOLDER/analysis)")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=["png", "pdf", "svg"])
     parser.add_argument("--pool", nargs="+", help="strategies in the AUP comparison pool (default: every "
                         "strategy present that decodes without the answer)")
@@ -203,9 +208,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"no such folder: {args.folder}")
-    written = report_sweep(args.folder, args.formats, args.pool)
+    written = report_sweep(args.folder, args.formats, args.pool, args.out)
     if args.wandb:
-        log_to_wandb(written, args.wandb, args.group, args.wandb_mode, args.folder)
+        log_to_wandb(written, args.wandb, args.group, args.wandb_mode, written["tables_md"].parent)
     return written
 
 

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import schema
 from .decoding import ConfigError, method_of
 from .fingerprints import cell_identity
+from .progress import result_line  # also registers ${cell_name:}, the cell folders' names
 from .store import StoreFull, cell_lock, config_hash, find_complete, full_disk_named, read_record, write_record
 from .timing import available_cores, observed, pin_threads, resolve_threads, spread, untrusted_reasons
 
@@ -215,7 +216,7 @@ def run_cell(settings: dict, folder: Path, device: str) -> dict:
         if not settings["force"]:
             done = find_complete(store, digest, own_folders=(folder, folder / digest))
             if done:
-                log.info(f"skipped: complete record {digest} at {done['path']}")
+                log.info(result_line(done))
                 return done
         existing = read_record(folder / "result.json")
         if existing and existing.get("config_hash") != digest:  # never overwrite another cell's record
@@ -238,10 +239,10 @@ def _run_and_record(settings: dict, digest: str, prints: dict, folder: Path, dev
         record["status"] = "complete"
     except Exception as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
-        log.error(f"cell {digest} failed: {record['error']}")
     record["timings"] = {**record.get("timings", {}), "cell": time.perf_counter() - started}
     write_record(folder, record, samples, Path(settings["store"]))
-    finish_cell(run, record, samples or [], settings["task"]["metric"])
+    log.log(logging.INFO if record["status"] == "complete" else logging.ERROR, result_line(record))
+    finish_cell(run, record, samples or [], settings["task"]["metric"])  # after the line: W&B's console shows it
     return record
 
 

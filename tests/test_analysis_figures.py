@@ -117,8 +117,9 @@ def test_every_figure_is_written(sweep, report, tmp_path):
         f"{stem}.png" for stem in ("speedup_vs_gen_length_perm", "speedup_vs_gen_length_sort", "steps_per_block",
                                    "redecodes", "padding_share", "knob_sweep_perm", "knob_sweep_sort")}
     for paths in written.values():
-        for path in paths:
-            assert path.parent == sweep and path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+        for path in paths:  # in the report's own folder
+            assert path.parent == sweep / "analysis"
+            assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
     got = collect([sweep])
     vector = make_figures(got.cells, got.samples, tmp_path / "vec", formats=("pdf", "svg"), only=["redecodes"])
     assert [p.name for p in vector["redecodes"]] == ["redecodes.pdf", "redecodes.svg"]
@@ -173,12 +174,13 @@ def test_padding_share_by_hand(tmp_path):
 def test_report_sweep(sweep, report):
     written = report
     assert written["pool"] == ["baseline", "learned", "threshold"] and len(written["problems"]) == 2  # no oracle
+    out = sweep / "analysis"  # the default: beside the cells, not among them
     for task in ("perm", "sort"):
-        assert (sweep / f"pareto_{task}.png").stat().st_size > 1000
-        assert {sweep / f"pareto_{task}.png", sweep / f"pareto_{task}_tpf.png"} <= set(written["pareto"])
-        assert not (sweep / f"pareto_{task}.svg").exists()  # only the formats asked for
-    md = (sweep / "tables.md").read_text()
-    assert written["tables_md"] == sweep / "tables.md"
+        assert (out / f"pareto_{task}.png").stat().st_size > 1000
+        assert {out / f"pareto_{task}.png", out / f"pareto_{task}_tpf.png"} <= set(written["pareto"])
+        assert not (out / f"pareto_{task}.svg").exists()  # only the formats asked for
+    md = (out / "tables.md").read_text()
+    assert written["tables_md"] == out / "tables.md" and not list(sweep.glob("*.png"))
     assert "## Skipped records" in md and "failed (CUDA out of memory)" in md and "incomplete record" in md
     assert "comparison pool: baseline, learned, threshold" in md
     assert "## Pareto frontier" in md and "### perm" in md and "### sort" in md
@@ -199,7 +201,7 @@ def test_report_on_a_single_task_and_strategy(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped: " in out and "comparison pool: baseline" in out
     md = written["tables_md"].read_text()
-    assert (tmp_path / "pareto_perm.png").exists()
+    assert (tmp_path / "analysis" / "pareto_perm.png").exists()
     assert "comparison pool: baseline" in md and "failed (CUDA out of memory)" in md
     assert written["figures"]["redecodes"] == [] and "skipped figure redecodes" in md
 
