@@ -220,9 +220,11 @@ def math_equal(pred: str, gold: str) -> bool:
     return x is not None and x == y
 
 
-# Seconds math-verify may spend parsing or comparing one answer. Its timeout is a SIGALRM, which only the
-# main thread may set; elsewhere (a scorer run in a worker thread) it runs without one.
-_MATH_VERIFY_TIMEOUT = 5
+# Seconds math-verify may spend parsing or comparing one answer: not its default 5, which plain intervals hit
+# on a loaded 2-core machine (1-3 s each there), so that the load would decide between math-verify and the
+# fallback. Its timeout is a SIGALRM, which only the main thread may set; elsewhere (a scorer run in a worker
+# thread) it runs without one.
+_MATH_VERIFY_TIMEOUT = 30
 _BASE_SUBSCRIPT = re.compile(r"\d_\{?\d")
 
 
