@@ -6,7 +6,11 @@
 Prints figures; nothing here is asserted. Random weights make the NFE of confidence-driven strategies close
 to the baseline's: the point is the cost of the machinery, not decoding quality. It ends with the learned
 filter's cost per step: on a GPU, there, against this model's forward (and the peak GPU memory); always, on
-the CPU against a forward of the embedded default.
+the CPU against a forward of the embedded default. Steps are timed with torch.utils.benchmark's Timer (the
+device synchronised around each sample, at torch's current thread count): median and IQR of `repeats` samples,
+each of a fixed number of calls. Fixed and short, not blocked_autorange's blocks: those grow until the clock's
+cost is 1e-4 of a block (100-1,000 calls of a microsecond step), long enough that on a shared machine nearly every
+block is preempted (its filter figures read 2-4x high there), while the median of short samples skips those.
 """
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.benchmark import Measurement, Timer
 
 from .decoding import DecodeConfig, generate
 from .learn2pd.filter import Filter, load_filter, resolve_filter, save_filter
 from .models import KVCache, LLaDAConfig, load_model, random_llada
 from .models.loading import NAMED_MODELS
-from .models.metered import Metered, synchronize, time_forward
+from .models.metered import Metered, synchronize
 
 PRESETS = {
     "small": dict(d_model=512, n_heads=8, n_layers=8, mlp_hidden_size=1536, vocab_size=32768),
@@ -40,18 +45,26 @@ RUNS = [  # (label, settings)
 ]
 
 
+def time_call(run, repeats: int, calls_per_sample: int = 1) -> Measurement:
+    """Seconds per `run()` (`.median`, `.iqr`) over `repeats` samples of `calls_per_sample` calls each (several, so
+    that the clock's own cost vanishes from microsecond runs); Timer warms each sample up with two calls."""
+    timer = Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())  # its default is 1 thread
+    (measurement,) = Measurement.merge([timer.timeit(calls_per_sample) for _ in range(repeats)])
+    return measurement
+
+
 @torch.no_grad()
 def forward_costs(model, ids: torch.Tensor, block_start: int, block_length: int, repeats: int) -> dict:
-    """Median seconds of one step: full canvas, prefix step (block + suffix), dual step (block only)."""
+    """Measurements of one step: full canvas, prefix step (block + suffix), dual step (block only)."""
     for _ in range(3):  # untimed: clocks, allocator and kernel choices settle (a GPU's first forwards run slow)
         model(ids)
     cache = KVCache()
     model(ids, cache=cache)
     end = block_start + block_length
     return {
-        "none": time_forward(model, lambda: model(ids), repeats),
-        "prefix": time_forward(model, lambda: model(ids[:, block_start:], start=block_start, cache=cache), repeats),
-        "dual": time_forward(model, lambda: model(ids[:, block_start:end], start=block_start, cache=cache), repeats),
+        "none": time_call(lambda: model(ids), repeats),
+        "prefix": time_call(lambda: model(ids[:, block_start:], start=block_start, cache=cache), repeats),
+        "dual": time_call(lambda: model(ids[:, block_start:end], start=block_start, cache=cache), repeats),
     }
 
 
@@ -86,13 +99,13 @@ def gpu_breakdown(model, ids: torch.Tensor, block_start: int, block_length: int,
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 run()
-            replay = f"{time_forward(model, graph.replay, repeats) * 1e3:.1f}"
-        print(f"| {mode} | {costs[mode] * 1e3:.1f} | {kernel_ms:.1f} | {launched:.0f} | {replay} |")
+            replay = f"{time_call(graph.replay, repeats).median * 1e3:.1f}"
+        print(f"| {mode} | {costs[mode].median * 1e3:.1f} | {kernel_ms:.1f} | {launched:.0f} | {replay} |")
 
 
-def time_filter_step(filter_, clock_model, batch: int, mask: int, eos: int, repeats: int) -> float:
-    """Median seconds of one decoding step of `filter_` (its token flags included) on a random block of `batch`
-    rows, on the filter's device; `clock_model` (on the same device) tells `time_forward` what to synchronise."""
+def time_filter_step(filter_, batch: int, mask: int, eos: int, repeats: int) -> Measurement:
+    """Measurement of one decoding step of `filter_` (its token flags included) on a random block of `batch` rows,
+    on the filter's device."""
     generator = torch.Generator().manual_seed(0)
     B = filter_.block_length
     confidence = torch.rand(batch, B, generator=generator)
@@ -101,12 +114,11 @@ def time_filter_step(filter_, clock_model, batch: int, mask: int, eos: int, repe
     tokens = torch.where(masked, mask, prediction)
     state = [t.to(filter_.linear1.weight.device) for t in (confidence, prediction, tokens, masked)]
     with torch.no_grad():
-        return time_forward(clock_model, lambda: filter_.decode_logits(state[0], 3, *state[1:], eos), repeats,
-                            calls_per_sample=20)
+        return time_call(lambda: filter_.decode_logits(state[0], 3, *state[1:], eos), repeats, calls_per_sample=20)
 
 
 @torch.no_grad()
-def filter_overhead(repeats: int = 300, batches: tuple[int, ...] = (1, 50)) -> None:
+def filter_overhead(repeats: int, batches: tuple[int, ...] = (1, 50)) -> None:
     """The learned filter's cost per step (its token flags included) against one forward of the embedded
     default model, at batch 1 (the paper's protocol) and at the quickstart's batch 50."""
     if not (NAMED_MODELS["tiny"] / "config.json").exists() or not resolve_filter("tiny").exists():
@@ -116,10 +128,11 @@ def filter_overhead(repeats: int = 300, batches: tuple[int, ...] = (1, 50)) -> N
     print()
     for batch in batches:
         canvas = torch.full((batch, 56), model.mask_token_id)
-        forward = time_forward(model, lambda: model(canvas), max(repeats // batch, 5))
-        step = time_filter_step(filter_, model, batch, model.mask_token_id, model.eos_token_id, repeats)
-        print(f"learned filter, batch {batch}: {step * 1e6:.1f} us per step = {100 * step / forward:.2f} % of one "
-              f"forward of the embedded default ({forward * 1e3:.2f} ms, 56 positions)")
+        forward = time_call(lambda: model(canvas), max(repeats // batch, 5)).median
+        step = time_filter_step(filter_, batch, model.mask_token_id, model.eos_token_id, repeats)
+        print(f"learned filter, batch {batch}: {step.median * 1e6:.1f} us per step (IQR {step.iqr * 1e6:.1f}) = "
+              f"{100 * step.median / forward:.2f} % of one forward of the embedded default ({forward * 1e3:.2f} ms, "
+              f"56 positions)")
 
 
 def filter_overhead_on_device(model, costs: dict, batch: int, block_length: int, repeats: int = 100) -> None:
@@ -133,10 +146,10 @@ def filter_overhead_on_device(model, costs: dict, batch: int, block_length: int,
         pass
     print()
     for label, filter_ in filters.items():
-        step = time_filter_step(filter_, model, batch, model.mask_token_id, model.eos_token_id, repeats)
+        step = time_filter_step(filter_, batch, model.mask_token_id, model.eos_token_id, repeats).median
         print(f"learned filter {label} on {model.device}, batch {batch}: {step * 1e6:.1f} us per step = "
-              f"{100 * step / costs['none']:.2f} % of a full forward, {100 * step / costs['dual']:.2f} % of a "
-              f"dual-cache step")
+              f"{100 * step / costs['none'].median:.2f} % of a full forward, "
+              f"{100 * step / costs['dual'].median:.2f} % of a dual-cache step")
 
 
 def main(argv=None) -> None:
@@ -148,7 +161,8 @@ def main(argv=None) -> None:
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per forward measurement")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed samples per forward measurement (60x as many for the learned filter's step)")
     parser.add_argument("--runs", nargs="*", help="labels of the strategy runs (default: all)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -179,10 +193,11 @@ def main(argv=None) -> None:
 
     canvas = torch.cat([ids, torch.full((args.batch, args.gen_length), cfg.mask_token_id, device=args.device)], 1)
     costs = forward_costs(model, canvas, args.prompt_length, args.block_length, args.repeats)
-    print("| step | tokens fed | ms per forward | speed-up vs no cache |\n|---|---|---|---|")
+    print("| step | tokens fed | ms per forward | IQR ms | speed-up vs no cache |\n|---|---|---|---|---|")
     fed = {"none": canvas.shape[1], "prefix": args.gen_length, "dual": args.block_length}
-    for mode, seconds in costs.items():
-        print(f"| {mode} | {fed[mode]} | {seconds * 1e3:.1f} | {costs['none'] / seconds:.2f}x |")
+    for mode, cost in costs.items():
+        print(f"| {mode} | {fed[mode]} | {cost.median * 1e3:.1f} | {cost.iqr * 1e3:.1f} | "
+              f"{costs['none'].median / cost.median:.2f}x |")
 
     print("\n| run | NFE | wall s | ms per NFE | engine overhead (% of forward time) |\n|---|---|---|---|---|")
     reference = None
@@ -209,7 +224,7 @@ def main(argv=None) -> None:
         gpu_breakdown(model, canvas, args.prompt_length, args.block_length, costs, args.repeats)
         filter_overhead_on_device(model, costs, args.batch, args.block_length)
         print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated(model.device) / 2 ** 30:.1f} GiB")
-    filter_overhead()
+    filter_overhead(repeats=60 * args.repeats)  # microsecond steps: many more samples than a forward needs
 
 
 if __name__ == "__main__":

@@ -8,16 +8,19 @@ import os
 import random
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from harness.lmeval.scoring import (
     CodeExecutionNotAllowed,
+    answers_match,
     extract_math_answer,
     humaneval_program,
     last_boxed,
     math_equal,
+    math_verify_verdict,
     mbpp_program,
     normalize_math_answer,
     pass_at_1,
@@ -71,6 +74,84 @@ def test_gold_scores_one_in_minerva_and_boxed_form(math500):
         assert process_math_results(row, [f"So the answer is $\\boxed{{{gold}}}$."]) == {"exact_match": 1}, gold
         # Without a stored "answer" the gold comes from the solution's last box.
         assert process_math_results({"solution": row["solution"]}, [_minerva(gold)])["exact_match"] == 1, gold
+
+
+def test_math500_golds_self_verify_through_math_verify(math500):
+    verdicts = [math_verify_verdict(row["answer"], row["answer"]) for row in math500]
+    abstained = [row["answer"] for row, verdict in zip(math500, verdicts) if verdict is None]
+    # 494 of 500 through math-verify; the rest are numbers in a base ("52_8"), left to the fallback.
+    assert False not in verdicts
+    assert len(abstained) <= 10 and all(re.search(r"\d_\{?\d", gold) for gold in abstained), abstained
+
+
+def _change_first_digit(answer: str) -> str | None:
+    digit = re.search(r"\d", answer)
+    return None if digit is None else answer[: digit.start()] + str((int(digit[0]) + 1) % 10) + answer[digit.end():]
+
+
+def _flip_sign(answer: str) -> str | None:
+    if normalize_math_answer(answer) == "0":
+        return None  # -0 is 0
+    return answer[1:] if answer.startswith("-") else "-" + answer
+
+
+@pytest.mark.parametrize("perturb", [_change_first_digit, _flip_sign])
+def test_perturbed_math500_answers_are_rejected(math500, perturb):
+    pairs = [(row, wrong) for row in math500 if (wrong := perturb(row["answer"])) is not None]
+    accepted = [(row["answer"], wrong) for row, wrong in pairs
+                if process_math_results(row, [f"So $\\boxed{{{wrong}}}$."])["exact_match"]]
+    assert len(pairs) > 450
+    assert accepted == []
+
+
+def test_numbers_in_a_base_keep_their_base():
+    # math-verify reads 52_8 as 52; the fallback keeps the base.
+    assert math_verify_verdict("52_9", "52_8") is None
+    assert not answers_match("52_9", "52_8") and answers_match("4210_{5}", "4210_5")
+
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("0.5", "\\frac{1}{2}"),
+        ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}"),
+        ("1/2", "\\dfrac12"),
+        ("(-\\infty,3]", "(-\\infty, 3]"),
+        ("(-\\infty,-2)\\cup(2,\\infty)", "(-\\infty, -2) \\cup (2, \\infty)"),
+        ("x=3", "3"),
+        ("3", "x = 3"),
+        ("\\pi r^2", "r^2\\pi"),
+        ("2\\sqrt{3}", "\\sqrt{12}"),
+        ("90", "90^\\circ"),
+        ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ],
+)
+def test_math_verify_accepts_equivalent_forms(pred, gold):
+    assert math_verify_verdict(pred, gold) is True
+    assert process_math_results({"answer": gold}, [_minerva(pred)]) == {"exact_match": 1}
+
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [("[1,3)", "[1,3]"), ("\\frac{1}{3}", "0.33"), ("-3", "3"), ("\\text{(C)}", "\\text{(D)}"), ("2k", "2")],
+)
+def test_math_verify_rejects_different_answers(pred, gold):
+    assert math_verify_verdict(pred, gold) is False
+
+
+def test_math_verify_abstains_on_what_it_cannot_read():
+    assert math_verify_verdict("", "3") is None
+    assert math_verify_verdict("3}", "3") is None  # boxed, this would read as 3
+    assert answers_match("10\\%", "10")  # math-verify cannot parse "10\%"; the fallback drops the sign
+
+
+def test_math_verify_runs_off_the_main_thread(math500):
+    # Its timeout is a SIGALRM, which only the main thread may set: a worker thread must score too.
+    pairs = [(row["answer"], row["answer"]) for row in math500[:20]] + [("-3", "3"), ("0.5", "\\frac12")]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        threaded = list(pool.map(lambda pair: math_verify_verdict(*pair), pairs))
+    assert threaded == [math_verify_verdict(*pair) for pair in pairs]
+    assert threaded[-2:] == [False, True]
 
 
 def _perturb(answer: str) -> str:

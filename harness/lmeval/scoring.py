@@ -2,11 +2,12 @@
 
 Two families:
 
-* MATH (Minerva prompting). lm-eval's ``minerva_math`` scorer needs ``lm-eval[math]``, whose antlr
-  pin breaks Hydra, so answers are compared here by string after a Minerva/Hendrycks-style
-  normalisation (plus plain numeric equality), with no sympy. The model's answer is the text of the
-  "Final Answer: The final answer is X. I hope it is correct." line the 4-shot prompt teaches, falling
-  back to the last ``\\boxed{}``.
+* MATH (Minerva prompting). The model's answer is the text of the "Final Answer: The final answer is X.
+  I hope it is correct." line the 4-shot prompt teaches, falling back to the last ``\\boxed{}``. It is
+  compared with the gold by ``math-verify`` (sympy equivalence: ``0.5`` == ``\\frac12``, intervals, ``x=3``
+  == ``3``); lm-eval's own math-verify scorer comes with ``lm-eval[math]``, whose antlr pin breaks Hydra,
+  so math-verify is called directly. Where it abstains (see ``math_verify_verdict``) a Minerva/Hendrycks
+  string normalisation plus exact numeric equality decides (``math_equal``).
 
 * Code execution (HumanEval, MBPP; pass@1). lm-eval's metrics load HF ``code_eval`` from the hub, which
   is unavailable offline. Each program (candidate + tests) runs in a sandbox (``sandbox_child.py``): a
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -43,6 +45,8 @@ __all__ = [
     "extract_math_answer",
     "normalize_math_answer",
     "math_equal",
+    "math_verify_verdict",
+    "answers_match",
     "process_math_results",
     "CodeExecutionNotAllowed",
     "require_code_opt_in",
@@ -216,12 +220,57 @@ def math_equal(pred: str, gold: str) -> bool:
     return x is not None and x == y
 
 
+# Seconds math-verify may spend parsing or comparing one answer: not its default 5, which plain intervals hit
+# on a loaded 2-core machine (1-3 s each there), so that the load would decide between math-verify and the
+# fallback. Its timeout is a SIGALRM, which only the main thread may set; elsewhere (a scorer run in a worker
+# thread) it runs without one.
+_MATH_VERIFY_TIMEOUT = 30
+_BASE_SUBSCRIPT = re.compile(r"\d_\{?\d")
+
+
+def math_verify_verdict(pred: str, gold: str) -> bool | None:
+    """math-verify's verdict on two extracted answers, or None where it abstains.
+
+    It abstains when either answer has unbalanced braces or is a number in a base ("52_8": math-verify drops
+    the subscript, so 52_8 would equal 52_9), or yields no sympy expression (``parse`` with
+    ``fallback_mode="no_fallback"`` returns an empty list: empty or unparseable LaTeX), or when the comparison
+    raises or times out. Otherwise its verdict, true or false, is final.
+    """
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    if any(_balanced_group(f"{{{answer}}}", 0) != answer for answer in (pred, gold)):
+        return None  # "3}" boxed would read as 3
+    if _BASE_SUBSCRIPT.search(pred) or _BASE_SUBSCRIPT.search(gold):
+        return None
+    timeout = _MATH_VERIFY_TIMEOUT if threading.current_thread() is threading.main_thread() else None
+    # Boxed, so that math-verify reads the whole answer as one expression (its highest-priority anchor).
+    gold_parsed, pred_parsed = (parse(f"\\boxed{{{answer}}}", fallback_mode="no_fallback", parsing_timeout=timeout)
+                                for answer in (gold, pred))
+    if not gold_parsed or not pred_parsed:
+        return None
+    try:
+        return verify(gold_parsed, pred_parsed, timeout_seconds=timeout, raise_on_error=True)
+    except (Exception, TimeoutException):
+        return None
+
+
+def answers_match(pred: str, gold: str) -> bool:
+    """math-verify's verdict where it gives one, else ``math_equal``'s."""
+    verdict = math_verify_verdict(pred, gold)
+    return math_equal(pred, gold) if verdict is None else verdict
+
+
 def process_math_results(doc: dict[str, Any], results: Sequence[str]) -> dict[str, int]:
-    """lm-eval ``process_results``: exact match of the generation's answer against the gold."""
-    gold = doc.get("answer")
+    """lm-eval ``process_results``: whether the generation's answer matches the gold.
+
+    The gold is the solution's last box as written where there is one: the task may store a normalised
+    ``answer`` ("June20" for ``\\text{June 20}``), which math-verify reads differently.
+    """
+    gold = last_boxed(doc.get("solution") or "")
     if gold is None:
-        gold = last_boxed(doc["solution"]) or ""
-    return {"exact_match": int(math_equal(extract_math_answer(results[0]), gold))}
+        gold = doc.get("answer") or ""
+    return {"exact_match": int(answers_match(extract_math_answer(results[0]), gold))}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """A model wrapper that counts forward passes and the time spent in them."""
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -10,22 +9,6 @@ import torch
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def time_forward(model, run, repeats: int, calls_per_sample: int = 1) -> float:
-    """Median seconds of one `run()` over `repeats` samples after one warm-up, CUDA synchronised around each
-    sample; a sample times `calls_per_sample` calls, so that the clock's own cost vanishes from microsecond runs."""
-    run()
-    device, times = model.device, []  # resolved once: `model.device` alone costs microseconds
-    calls = range(calls_per_sample)
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in calls:
-            run()
-        synchronize(device)
-        times.append((time.perf_counter() - start) / calls_per_sample)
-    return statistics.median(times)
 
 
 class Metered(torch.nn.Module):
