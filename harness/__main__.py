@@ -1,4 +1,4 @@
-"""`python -m harness` = `dllm-harness`: the Hydra application (see harness/run.py)."""
-from .run import main
+"""`python -m harness` = `dllm-harness`: the Hydra application (see harness/cli.py)."""
+from .cli import main
 
 main()

@@ -28,9 +28,10 @@ def main(argv=None) -> None:
                                    check=True).stdout.split()[-1])
     from hydra import compose, initialize_config_dir
 
-    from .run import REPO, cell_settings, run_cell
+    from .cli import CONF
+    from .run import cell_settings, run_cell
     from .tracking import finish_cell, start_cell
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"task={args.task}", f"task.limit={args.limit}", f"store={tmp}",
                                            f"batch_size={args.batch_size}", f"decoding={args.decoding}",
                                            "tracking=disabled"])

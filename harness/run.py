@@ -18,16 +18,16 @@ import logging
 import platform
 import subprocess
 import time
+import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import schema
+from . import __version__, schema
 from .decoding import ConfigError, method_of
 from .fingerprints import cell_identity
 from .progress import result_line  # also registers ${cell_name:}, the cell folders' names
@@ -37,7 +37,7 @@ from .timing import available_cores, observed, pin_threads, resolve_threads, spr
 log = logging.getLogger("harness.run")
 schema.register()
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the folder holding the package: a checkout, or site-packages
 _LOADED: dict[tuple, object] = {}  # models stay loaded across the cells one process runs
 
 
@@ -190,14 +190,31 @@ def baseline_settings(settings: dict) -> dict:
 
 
 def environment() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     packages = ("torch", "transformers", "lm_eval", "hydra-core", "wandb", "dllm-harness")
     return {"versions": {p: _version(p) for p in packages} | {"python": platform.python_version()},
-            "git_commit": commit, "host": platform.node()}
+            "git_commit": source_commit(), "host": platform.node()}
+
+
+def source_commit() -> str:
+    """The commit of the checkout the harness runs from, when that is a git checkout of this project; else (an
+    installed wheel, which may sit inside another repository) the package's version."""
+    pyproject = REPO / "pyproject.toml"
+    if (REPO / ".git").exists() and pyproject.is_file() and _project_name(pyproject) == "dllm-harness":
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                    timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+        if commit:
+            return commit
+    return f"dllm-harness=={__version__}"
+
+
+def _project_name(pyproject: Path) -> str | None:
+    try:
+        return tomllib.loads(pyproject.read_text()).get("project", {}).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
 
 
 def _version(package: str) -> str | None:
@@ -285,8 +302,8 @@ def judged(record: dict, ratios: list[float], nfe_ratio: float | None) -> dict:
             "timing": {**timing, "trusted": not reasons, "reasons": reasons}}
 
 
-@hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def run_job(cfg: DictConfig) -> float | None:
+    """One Hydra job (harness/cli.py): the cell `cfg`, run and recorded; its accuracy for the sweeper."""
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task chatter drowns the cell's log
     logging.raiseExceptions = False  # a full disk also fails the job's log file: no traceback per log line
     try:
@@ -298,6 +315,3 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(f"error: {record['error']}")
     return record.get("metrics", {}).get("accuracy")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,23 +1,29 @@
-"""Typed schemas of the Hydra configs in `conf/`: each YAML option extends one of these, so a misspelt key,
-a wrong type or an unknown enum value fails when Hydra composes the config, before any job runs.
+"""Typed schemas of the Hydra configs in `conf/`: `RunSchema` heads config.yaml's defaults and types the groups
+`model`, `task` and `tracking`, so a misspelt key, a wrong type or an unknown enum value fails when Hydra composes
+the config, before any job runs. Only options a user picks are registered (no `*_schema` entries), so `--help`
+and TAB completion list nothing else.
 
 The group `decoding` has one option per registered strategy, generated from its policy's `Config` on top of
-the loop switches (`DecodingSchema`): `decoding=oracle decoding.threshold=0.5` is rejected with the key named.
-Range checks (tau in (0, 1], G a multiple of B, ...) are the policy's `validate` and `DecodeConfig`'s, run at
-the start of a job before the model loads.
+the loop switches: `decoding=oracle decoding.threshold=0.5` is rejected with the key named. Range checks (tau in
+(0, 1], G a multiple of B, ...) are the policy's `validate` and `DecodeConfig`'s, run at the start of a job before
+the model loads. `harness.decoding` imports torch, so it is imported only where a strategy's schema is built.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import json
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
-from .decoding import POLICIES, DecodeConfig
+from .fingerprints import PACKAGE, cache_file, source_fingerprint
+from .store import read_record, write_atomic
 
 
 class Cache(Enum):
@@ -54,28 +60,34 @@ class ModelSchema:
     filter_threshold: float = 0.96  # and its tau_f (the paper's 0.96; a shipped filter may bring its own)
 
 
-@dataclass
-class DecodingSchema:
+@functools.cache
+def loop_switches_schema() -> type:
     """The loop's switches, shared by every strategy; their defaults are `DecodeConfig`'s, except G (each task's
     own) and B (the model's)."""
-    strategy: str = MISSING
-    gen_length: Optional[int] = None  # G; None: each task's max_gen_toks
-    block_length: int = II("model.block_length")  # B
-    temperature: float = DecodeConfig.temperature
-    eotp: bool = DecodeConfig.eotp
-    cache: Cache = Cache(DecodeConfig.cache)
-    seed: int = DecodeConfig.seed
+    from .decoding import DecodeConfig
+
+    @dataclass
+    class DecodingSchema:
+        strategy: str = MISSING
+        gen_length: Optional[int] = None  # G; None: each task's max_gen_toks
+        block_length: int = II("model.block_length")  # B
+        temperature: float = DecodeConfig.temperature
+        eotp: bool = DecodeConfig.eotp
+        cache: Cache = Cache(DecodeConfig.cache)
+        seed: int = DecodeConfig.seed
+    return DecodingSchema
 
 
-def decoding_schema(strategy: str) -> type[DecodingSchema]:
+def decoding_schema(strategy: str) -> type:
     """The strategy's typed option of the group `decoding`: the loop switches and its policy's knobs, with the
     knobs' defaults (or their `hydra_default` interpolations)."""
+    from .decoding import POLICIES
     policy = POLICIES[strategy]
     hints = typing.get_type_hints(policy.Config)
     knobs = [(f.name, hints[f.name], field(default=f.metadata.get("hydra_default", f.default)))
              for f in dataclasses.fields(policy.Config)]
-    return dataclasses.make_dataclass(f"{policy.__name__}Schema",
-                                      [("strategy", str, field(default=strategy)), *knobs], bases=(DecodingSchema,))
+    return dataclasses.make_dataclass(f"{policy.__name__}Schema", [("strategy", str, field(default=strategy)),
+                                                                   *knobs], bases=(loop_switches_schema(),))
 
 
 @dataclass
@@ -98,10 +110,10 @@ class TrackingSchema:
 
 @dataclass
 class RunSchema:
-    model: Any = MISSING
-    decoding: Any = MISSING
-    task: Any = MISSING
-    tracking: Any = MISSING
+    model: ModelSchema = field(default_factory=ModelSchema)
+    decoding: Any = MISSING  # one schema per strategy: the group's options
+    task: TaskSchema = field(default_factory=TaskSchema)
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
     sweep: str = "default"  # the sweep's name: its store folder and W&B group
     store: str = MISSING  # the sweep's folder; cells with a complete record here are skipped
     force: bool = False  # re-run cells that already have a complete record
@@ -114,20 +126,30 @@ class RunSchema:
     analyse: bool = True  # at the end of a multirun: Pareto plots and tables.md in the sweep folder
 
 
-SCHEMAS = {
-    "model": {"model_schema": ModelSchema},
-    "task": {"task_schema": TaskSchema},
-    "tracking": {"tracking_schema": TrackingSchema},
-}
-
-
-def register() -> None:
-    """Put the schemas where `conf/` finds them: `<x>_schema` for the YAMLs' defaults lists, and every
-    registered strategy as the option `decoding=<name>` (no YAML)."""
+def register(listing: bool = False) -> None:
+    """Put the schemas where `conf/` finds them: `run_schema` for config.yaml's defaults, and every registered
+    strategy as the option `decoding=<name>` (no YAML). `listing` (--help, TAB completion: no job runs) registers
+    the strategies' options as plain values instead, without importing torch."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunSchema)
-    for group, nodes in SCHEMAS.items():
-        for name, node in nodes.items():
-            store.store(group=group, name=name, node=node)
-    for strategy in POLICIES:
-        store.store(group="decoding", name=strategy, node=decoding_schema(strategy))
+    for strategy, node in (listed_decoding_options() if listing else typed_decoding_options()).items():
+        store.store(group="decoding", name=strategy, node=node)
+
+
+def typed_decoding_options() -> dict[str, type]:
+    from .decoding import POLICIES
+    return {strategy: decoding_schema(strategy) for strategy in POLICIES}
+
+
+def listed_decoding_options() -> dict[str, dict]:
+    """The strategies' options as plain values, cached by the harness source's content: building them imports
+    harness.decoding and torch (seconds), which only the first listing after a change of the source pays."""
+    path, source = cache_file().with_name("decoding-options.json"), source_fingerprint(PACKAGE)
+    cached = read_record(path) or {}
+    if cached.get("source") != source:
+        options = {name: OmegaConf.to_container(OmegaConf.structured(node), enum_to_str=True)
+                   for name, node in typed_decoding_options().items()}
+        cached = {"source": source, "options": options}
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next listing the same seconds
+            write_atomic(path, json.dumps(cached, indent=1))
+    return cached["options"]
