@@ -133,3 +133,24 @@ def test_random_llada_is_seeded():
     a, b = random_llada(cfg, seed=3), random_llada(cfg, seed=3)
     ids = torch.arange(20)[None]
     assert torch.equal(a(ids), b(ids)) and a(ids).shape == (1, 20, 50)  # grouped-query attention runs too
+
+
+def test_explicit_positions_and_per_query_mask(tiny):
+    """The layout WINO feeds: explicit position ids and a [batch, queries, keys] mask. With the default
+    positions and an all-true mask it is the plain forward; a query that may not see a key is unaffected by it."""
+    ids = torch.randint(0, tiny.vocab_size - 1, (2, 10))
+    plain = tiny(ids)
+    full = torch.ones(2, 10, 10, dtype=torch.bool)
+    torch.testing.assert_close(tiny(ids, full, position_ids=torch.arange(10)), plain)
+    torch.testing.assert_close(tiny(ids, full, position_ids=torch.arange(10).expand(2, 10)), plain)
+    # WINO-like: query 9 repeats position 3 and may see every key but 3; queries 0-8 never see key 9, so they
+    # are the plain forward of the first 9 tokens
+    positions = torch.cat([torch.arange(9), torch.tensor([3])])
+    layout = torch.zeros(2, 10, 10, dtype=torch.bool)
+    layout[:, :9, :9] = True
+    layout[:, 9] = True
+    layout[:, 9, 3] = False
+    logits = tiny(ids, layout, position_ids=positions)
+    torch.testing.assert_close(logits[:, :9], tiny(ids[:, :9]))
+    layout[:, 9, 3] = True
+    assert not torch.allclose(logits[:, 9], tiny(ids, layout, position_ids=positions)[:, 9])

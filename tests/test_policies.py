@@ -33,10 +33,20 @@ def test_threshold_commits_above_tau_or_the_best_one():
 
 
 def test_factor_rule():
-    # sorted 0.99, 0.9, 0.6: (k+1)(1-c) = 0.02, 0.3, 1.6 -> with f=1 the first two pass
-    assert select("factor", state([0.6, 0.99, 0.9]), factor=1.0) == [False, True, True]
+    # sorted 0.99, 0.9, 0.6: (k+1)(1-c) = 0.02, 0.3, 1.6 -> with f=1 the first two pass, the last rank fails
+    assert select("factor", state([0.6, 0.99, 0.9]), factor=1.0, rule="clean") == [False, True, True]
     assert select("factor", state([0.6, 0.99, 0.9]), factor=2.0) == [True, True, True]
-    assert select("factor", state([0.1, 0.2]), factor=0.5) == [False, True]  # k = 1 always
+    assert select("factor", state([0.1, 0.2]), factor=0.5, rule="clean") == [False, True]  # k = 1 always
+
+
+def test_factor_reference_commits_all_when_only_the_last_rank_fails():
+    # Fast-dLLM's loop: a failure at the last rank commits every masked position (the default rule) ...
+    assert select("factor", state([0.6, 0.99, 0.9]), factor=1.0) == [True, True, True]
+    assert select("factor", state([0.1, 0.2]), factor=0.5) == [True, True]
+    # ... a failure earlier commits the passing prefix, as the clean rule does
+    s = state([0.6, 0.99, 0.9, 0.5])
+    assert select("factor", s, factor=1.0) == select("factor", s, factor=1.0, rule="clean") \
+        == [False, True, True, False]
 
 
 def test_entropy_bound():

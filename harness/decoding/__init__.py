@@ -1,10 +1,12 @@
 """Block-wise dLLM decoding: `generate(model, input_ids, DecodeConfig.create(strategy=..., knob=...))` with any
 registered policy."""
 from . import policies  # noqa: F401  (registers the built-in strategies)
-from .config import CACHE_MODES, DecodeConfig
+from .config import DecodeConfig
 from .engine import DecodeOutput, Trace, generate
 from .policy import (
+    CACHE_MODES,
     LOOP_SWITCHES,
+    Decision,
     POLICIES,
     ConfigError,
     Policy,
@@ -16,5 +18,5 @@ from .policy import (
     top_k,
 )
 
-__all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "DecodeConfig", "DecodeOutput", "Policy",
+__all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "DecodeConfig", "DecodeOutput", "Decision", "Policy",
            "PolicyConfig", "StepState", "Trace", "generate", "knob_symbol", "method_of", "register_policy", "top_k"]

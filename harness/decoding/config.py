@@ -4,9 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .policy import LOOP_SWITCHES, POLICIES, ConfigError, Policy, PolicyConfig
-
-CACHE_MODES = ("none", "prefix", "dual")
+from .policy import CACHE_MODES, LOOP_SWITCHES, POLICIES, ConfigError, Policy, PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -38,8 +36,13 @@ class DecodeConfig:
             raise ConfigError(f"unknown cache {self.cache!r}; choose from {list(CACHE_MODES)}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ConfigError(f"decoding.temperature must be a finite number >= 0, got {self.temperature}")
+        policy = POLICIES[self.strategy]
+        if self.cache not in policy.caches:
+            raise ConfigError(f"strategy {self.strategy!r} cannot run with cache={self.cache!r}"
+                              f"{': ' + policy.no_cache_because if policy.no_cache_because else ''}; "
+                              f"use cache={' or '.join(repr(c) for c in policy.caches)}")
         self.policy.validate()
-        POLICIES[self.strategy].check(self)
+        policy.check(self)
 
     @classmethod
     def create(cls, **settings) -> DecodeConfig:

@@ -1,15 +1,16 @@
 """The block-wise decoding loop (LLaDA's semi-autoregressive sampler) shared by every policy.
 
-    canvas = prompt + [MASK] * G
+    canvas = prompt + [MASK] * G;  memory = policy.begin(canvas)
     for each block of B positions, left to right:
-        while the block has masks:
+        while the canvas has masks up to the block's end:
             logits = model(canvas)                     # one NFE (a cached forward with cache=prefix|dual)
-            prediction, confidence = argmax, p(argmax)
-            commit = policy.select(...)                # which masked block positions to fill
-            canvas[commit] = prediction[commit]
+            prediction, confidence = argmax, p(argmax) # over the step's window: the block, or wider
+            decision = policy.step(...)                # commit masked positions (and maybe re-mask some)
+            canvas[commit] = prediction[commit];  canvas[remask] = MASK
             if eotp: cut the canvas after the predicted end of text
 
-EoTP and the KV cache are switches of this one loop; a policy only chooses positions.
+EoTP and the KV cache are switches of this one loop; a policy only decides positions (its hooks in
+harness/decoding/policy.py widen the window, keep memory, or change what the model is fed).
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ class DecodeOutput:
     tokens_per_step: list[list[int]]  # per row: tokens committed at each of its steps
     wall_time: Tensor  # [batch] seconds from the start until the row had no mask left
     eotp_skipped: Tensor  # [batch] generated positions past the EoTP cut: EOS, no longer fed to the model
+    remasked: Tensor | None = None  # [batch] committed tokens a re-masking rule took back
     trace: Trace | None = None
     config: DecodeConfig | None = field(default=None, repr=False)
 
@@ -211,6 +213,12 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
     records: list[dict] = []
     all_rows = torch.arange(batch, device=device)
 
+    memory = policy.begin(canvas.x, P)
+    # the reference's tokens over the whole canvas (-1 over the prompt), so a window of any extent can read it
+    reference = None if reference is None else torch.cat([torch.full_like(input_ids, -1), reference], 1)
+    remasked = torch.zeros(batch, dtype=torch.long, device=device)
+    max_forwards = policy.max_forwards_per_block(config)
+
     for block in range(config.num_blocks):
         s, e = P + block * B, P + (block + 1) * B
         plan = quota_schedule((canvas.x[:, s:e] == canvas.mask_id).sum(-1), S)
@@ -219,19 +227,24 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
         # NaN or +inf logits make confidences NaN, and so their sum: kept on the device, read once per block
         confidence_sum = torch.zeros((), device=device)
         while True:
-            rows = all_rows[(canvas.x[:, s:e] == canvas.mask_id).any(-1)]
+            # a re-masking rule may reopen earlier blocks: the block is done when nothing up to its end is masked
+            rows = all_rows[policy.keep_decoding(memory, (canvas.x[:, P:e] == canvas.mask_id).any(-1))]
             if rows.numel() == 0:
                 break
-            if step > B + S:
+            if step >= max_forwards:
                 _check_finite(confidence_sum, block)  # NaN confidences stall a threshold policy
-                raise RuntimeError(f"strategy {config.strategy!r} stopped committing tokens")
+                raise RuntimeError(f"strategy {config.strategy!r} did not finish block {block} within "
+                                   f"{max_forwards} forwards")
 
             # One forward (NFE): the whole canvas, or with a cache only the block (dual) / block + suffix
             # (prefix), served the other positions' K/V from the refresh at the block's first step.
-            if config.cache == "none" or step == 0:
+            if config.cache == "none":
                 lo, hi = 0, int(canvas.end[rows].max())
-                cache = None if config.cache == "none" else KVCache()
-                cache_rows = rows
+                logits = policy.forward(model, canvas.x[rows, :hi], canvas.key_mask(rows, hi), memory, rows, s, e)
+                hi = logits.shape[1]  # a rule may feed a truncated canvas
+            elif step == 0:
+                lo, hi = 0, int(canvas.end[rows].max())
+                cache, cache_rows = KVCache(), rows
                 logits = model(canvas.x[rows, :hi], canvas.key_mask(rows, hi), cache=cache)
             else:
                 if rows.numel() != cache_rows.numel():  # rows that finished the block leave the batch
@@ -241,25 +254,38 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
                 logits = model(canvas.x[rows, lo:hi], canvas.key_mask(rows, len(cache)), start=lo, cache=cache)
             steps_per_block[rows, block] += 1
 
-            block_end = min(e, hi)
-            block_logits = logits[:, s - lo:block_end - lo]
-            current = canvas.x[rows, s:block_end]
+            w_lo, w_hi = policy.window(memory, s, e, hi)
+            w_hi = min(w_hi, hi)
+            if w_lo < lo:
+                raise RuntimeError(f"strategy {config.strategy!r} reads position {w_lo}, which the "
+                                   f"cache={config.cache!r} forward did not compute")
+            window_logits = logits[:, w_lo - lo:w_hi - lo]
+            current = canvas.x[rows, w_lo:w_hi]
             masked = current == canvas.mask_id
-            inside = canvas.positions[s:block_end] < canvas.end[rows, None]  # False past this row's cut
-            prediction, confidence = predict(block_logits, config, generator)
+            inside = canvas.positions[w_lo:w_hi] < canvas.end[rows, None]  # False past this row's cut
+            prediction, confidence = predict(window_logits, config, generator)
             confidence_sum.add_(confidence.sum())  # probabilities: finite unless the logits were not
             confidence = confidence.masked_fill(~inside, 0.0)  # a cut block reads as zero-padded
             state = StepState(
-                logits=block_logits, prediction=prediction, confidence=confidence, masked=masked,
+                logits=window_logits, prediction=prediction, confidence=confidence, masked=masked,
                 quota=plan[rows, step] if step < S else torch.ones_like(rows), step=step, tokens=current,
-                eos_id=canvas.eos_id, reference=None if reference is None else reference[rows, s - P:block_end - P],
-                generator=generator)
-            commit = policy.select(state) & masked
-            canvas.x[rows, s:block_end] = torch.where(commit, policy.tokens(state), current)
+                eos_id=canvas.eos_id, reference=None if reference is None else reference[rows, w_lo:w_hi],
+                generator=generator, rows=rows, memory=memory, start=w_lo, block_start=s - w_lo,
+                block_end=min(e, w_hi) - w_lo, prompt_length=P, mask_id=canvas.mask_id)
+            decision = policy.step(state)
+            commit = decision.commit & masked
+            written = torch.where(commit, decision.tokens, current)
+            if decision.remask is not None:
+                remask = decision.remask & inside & state.generated & (written != canvas.mask_id)
+                written = written.masked_fill(remask, canvas.mask_id)
+                remasked[rows] += remask.sum(-1)
+            canvas.x[rows, w_lo:w_hi] = written
+            if decision.end is not None:
+                canvas.cut(rows, decision.end)
 
             if config.eotp:
-                committed_eos = commit & (canvas.x[rows, s:block_end] == canvas.eos_id)
-                canvas.cut(rows, eotp_end(canvas, rows, logits, lo, committed_eos, s))
+                committed_eos = commit & (canvas.x[rows, w_lo:w_hi] == canvas.eos_id)
+                canvas.cut(rows, eotp_end(canvas, rows, logits, lo, committed_eos, w_lo))
 
             counts = torch.full((batch,), -1, dtype=torch.long, device=device)
             counts[rows] = commit.sum(-1)
@@ -280,6 +306,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
         tokens_per_step=[[c for c in row if c >= 0] for row in per_step],
         wall_time=torch.nan_to_num(finish_time, nan=time.perf_counter() - start_time),
         eotp_skipped=(P + config.gen_length - canvas.end).clamp(min=0),
+        remasked=remasked,
         trace=_stack_trace(records) if trace else None,
         config=config,
     )
@@ -292,7 +319,8 @@ def _check_finite(confidence_sum: Tensor, block: int) -> None:
 
 
 def _trace_record(rows, block, step, B, state: StepState, commit, inside) -> dict:
-    def pad(t):
+    def pad(t):  # the current block's columns, zero-padded to B
+        t = t[:, state.block_start:state.block_end]
         return torch.nn.functional.pad(t.to(torch.uint8) if t.dtype == torch.bool else t,
                                        (0, B - t.shape[1])).to(t.dtype)
     n = rows.numel()

@@ -1,7 +1,14 @@
-"""The policy interface: given the current block's predictions and confidences, which masked positions to
-commit this step. A strategy is one declaration: a Policy subclass registered under its name, with its knobs
-as a nested `Config` dataclass. The registry feeds the engine, `DecodeConfig`, the Hydra group `decoding`,
-lm-eval's model args and the records; the engine owns the loop, the caches and EoTP."""
+"""The policy interface: given one step's predictions and confidences, which masked positions to commit (and,
+for re-masking rules, which committed ones to take back). A strategy is one declaration: a Policy subclass
+registered under its name, with its knobs as a nested `Config` dataclass. The registry feeds the engine,
+`DecodeConfig`, the Hydra group `decoding`, lm-eval's model args and the records; the engine owns the loop, the
+caches, EoTP and NFE counting.
+
+A plain rule implements `select` on the current block. The optional hooks below serve rules with more state:
+`begin` (memory kept across the steps of one decode), `window` (a step that sees, commits or re-masks beyond
+the current block), `step` returning a `Decision` (commits, re-masks, a new canvas end), `forward` (a rule that
+changes what the model is fed), `keep_decoding` (forwards a rule spends on a finished block) and `caches` (the
+KV-cache modes the rule can run with; others are refused when the DecodeConfig is built)."""
 from __future__ import annotations
 
 import math
@@ -19,6 +26,7 @@ if TYPE_CHECKING:
 
 # The loop's switches, shared by every strategy; a policy's knobs are everything else in `decoding`.
 LOOP_SWITCHES = ("strategy", "gen_length", "block_length", "temperature", "eotp", "cache", "seed")
+CACHE_MODES = ("none", "prefix", "dual")
 
 
 class ConfigError(ValueError):
@@ -84,36 +92,71 @@ def register_policy(name: str):
 
 @dataclass
 class StepState:
-    """One step of one block, for the n rows still decoding it. Block tensors are [n, block_length]."""
+    """One step for the n rows still decoding. Tensors are [n, W] over the step's window of canvas positions
+    [start, start + W): by default the current block (start = its first position, W = B, shorter past an EoTP
+    cut); a policy's `window` may widen it. The current block is columns [block_start, block_end)."""
 
-    logits: Tensor  # [n, B, vocab] logits of the block positions
+    logits: Tensor  # [n, W, vocab] logits of the window's positions
     prediction: Tensor  # argmax (or Gumbel sample) per position
-    confidence: Tensor  # probability of `prediction` at every block position, decoded ones included
+    confidence: Tensor  # float32 softmax probability of `prediction` at every position, decoded ones included
     masked: Tensor  # bool: still masked and inside the (possibly EoTP-shortened) canvas
     quota: Tensor  # [n] tokens the uniform schedule commits at this step
     step: int  # step index within the block
-    tokens: Tensor | None = None  # [n, B] the block before this step: decoded tokens, MASK, EOS past a cut
+    tokens: Tensor | None = None  # [n, W] the window before this step: decoded tokens, MASK, EOS past a cut
     eos_id: int | None = None
-    reference: Tensor | None = None  # [n, B] reference tokens (oracle)
+    reference: Tensor | None = None  # [n, W] reference tokens (oracle); -1 over the prompt
     generator: torch.Generator | None = None
+    rows: Tensor | None = None  # [n] the rows' indices in the batch (to index per-row memory)
+    memory: Any = None  # what the policy's `begin` returned for this decode
+    start: int = 0  # canvas position of column 0
+    block_start: int = 0  # the current block's columns: [block_start, block_end)
+    block_end: int | None = None
+    prompt_length: int = 0  # canvas positions before it are the (left-padded) prompt
+    mask_id: int | None = None
 
     @cached_property
     def probabilities(self) -> Tensor:
-        """[n, B, vocab] softmax of the logits, computed once per step for the policies that read it."""
+        """[n, W, vocab] softmax of the logits, computed once per step for the policies that read it."""
         return self.logits.float().softmax(-1)
 
     @cached_property
     def entropy(self) -> Tensor:
         return torch.special.entr(self.probabilities).sum(-1)
 
+    @cached_property
+    def in_block(self) -> Tensor:
+        """[W] bool: the column lies in the current block."""
+        columns = torch.arange(self.masked.shape[-1], device=self.masked.device)
+        return (columns >= self.block_start) & (columns < (self.block_end or self.masked.shape[-1]))
+
+    @cached_property
+    def generated(self) -> Tensor:
+        """[W] bool: the column lies in the generation region (not the prompt)."""
+        return self.start + torch.arange(self.masked.shape[-1], device=self.masked.device) >= self.prompt_length
+
+
+@dataclass
+class Decision:
+    """What one step does to the window: write `tokens` where `commit` (masked positions only); put MASK back
+    where `remask` (generated, decoded positions only, this step's commits included); end each row's canvas at
+    `end` (canvas positions; later ones become EOS and are no longer fed), where given."""
+
+    commit: Tensor  # [n, W] bool
+    tokens: Tensor  # [n, W]
+    remask: Tensor | None = None  # [n, W] bool
+    end: Tensor | None = None  # [n] new canvas end (exclusive), e.g. a rule's own stop at EOS
+
 
 class Policy:
-    """Subclass, decorate with @register_policy(name), declare `Config` (if it has knobs), implement `select`.
-    One instance serves a whole run (build it once, outside the timed region): `config` holds its knobs."""
+    """Subclass, decorate with @register_policy(name), declare `Config` (if it has knobs), implement `select`
+    (or `step`). One instance serves a whole run (build it once, outside the timed region): `config` holds its
+    knobs; what changes during one decode lives in the memory `begin` returns."""
 
     name: ClassVar[str]
     needs_reference: ClassVar[bool] = False
     Config: ClassVar[type[PolicyConfig]] = PolicyConfig  # no knobs
+    caches: ClassVar[tuple[str, ...]] = CACHE_MODES  # the KV-cache modes the rule can run with
+    no_cache_because: ClassVar[str] = ""  # why the others are refused (said in the error)
 
     def __init__(self, decoding: DecodeConfig):
         self.config = decoding.policy
@@ -137,13 +180,42 @@ class Policy:
         """S: the uniform schedule's steps per block (`StepState.quota`); B by default, one token per step."""
         return decoding.block_length
 
+    def max_forwards_per_block(self, decoding: DecodeConfig) -> int:
+        """A block that takes more forwards than this is an error (a rule that stopped making progress)."""
+        return decoding.block_length + self.steps_per_block(decoding) + 1
+
+    def begin(self, canvas: Tensor, prompt_length: int) -> Any:
+        """Called once per decode with the initial canvas [batch, P + G]: returns the decode's memory (handed
+        back as `StepState.memory`; index it by `StepState.rows`). None by default: a stateless rule."""
+        return None
+
+    def window(self, memory: Any, block_start: int, block_end: int, canvas_end: int) -> tuple[int, int]:
+        """Canvas positions [lo, hi) this step reads and may change; the current block by default. Beyond the
+        block needs full forwards (`caches = ("none",)`) unless only later positions are read under `prefix`."""
+        return block_start, block_end
+
+    def keep_decoding(self, memory: Any, has_mask: Tensor) -> Tensor:
+        """[batch] bool: rows that run another forward in this block. By default those with a mask left at or
+        before the block's end; a rule that spends forwards on a full block (unrolled steps) says so here."""
+        return has_mask
+
+    def forward(self, model, input_ids: Tensor, key_mask: Tensor | None, memory: Any, rows: Tensor,
+                block_start: int, block_end: int) -> Tensor:
+        """One uncached forward of the canvas prefix `input_ids` ([n, hi]); returns logits for its first
+        positions (fewer when the rule truncates the input). A rule that feeds something else overrides it."""
+        return model(input_ids, key_mask)
+
     def select(self, state: StepState) -> Tensor:
-        """Bool [n, B]: positions to commit. Must include at least one masked position per row."""
+        """Bool [n, W]: positions to commit. Must include at least one masked position per row."""
         raise NotImplementedError
 
     def tokens(self, state: StepState) -> Tensor:
         """The tokens written at committed positions."""
         return state.prediction
+
+    def step(self, state: StepState) -> Decision:
+        """The step's decision; a commit-only rule implements `select` (and maybe `tokens`) instead."""
+        return Decision(commit=self.select(state), tokens=self.tokens(state))
 
 
 def method_of(decoding: dict[str, Any]) -> dict:
@@ -195,5 +267,5 @@ def prefix_length(ok_sorted: Tensor) -> Tensor:
     return ok_sorted.long().cumprod(-1).sum(-1).clamp(min=1)
 
 
-__all__ = ["LOOP_SWITCHES", "POLICIES", "ConfigError", "Policy", "PolicyConfig", "StepState", "knob_symbol", "method_of",
+__all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "Decision", "Policy", "PolicyConfig", "StepState", "knob_symbol", "method_of",
            "prefix_length", "register_policy", "top_k"]

@@ -216,25 +216,36 @@ class LLaDA(nn.Module):
     def device(self) -> torch.device:
         return self.model.transformer.wte.weight.device
 
-    def rope(self, start: int, length: int) -> tuple[Tensor, Tensor]:
-        pos = torch.arange(start, start + length, device=self.inv_freq.device, dtype=torch.float32)
-        angles = torch.outer(pos, self.inv_freq)
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin for token positions ([n] shared by the batch, or [batch, n])."""
+        angles = positions.to(self.inv_freq.device, torch.float32)[..., None] * self.inv_freq
         angles = torch.cat((angles, angles), dim=-1)
+        if angles.dim() == 3:  # per row: broadcast over the heads
+            angles = angles[:, None]
         return angles.cos(), angles.sin()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, start: int = 0,
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, position_ids: Tensor | None = None) -> Tensor:
         """Logits for `input_ids`, which sit at positions [start, start + n) of the canvas.
 
         attention_mask: [batch, keys] with 1 for keys to attend to: the inputs themselves, or with a filled
-        `cache` the whole cached canvas. An empty `cache` is filled by this (full) forward.
+        `cache` the whole cached canvas. An empty `cache` is filled by this (full) forward. Without a cache, a
+        [batch, queries, keys] mask and explicit `position_ids` ([n] or [batch, n]) feed any layout (e.g. WINO's
+        shadow block, which repeats the current block's positions).
         """
         if cache is not None and len(cache) == 0 and start != 0:
             raise ValueError("an empty KV cache is filled by a full forward starting at position 0")
-        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        if cache is not None and position_ids is not None:
+            raise ValueError("position_ids are for uncached forwards")
+        key_mask = None
+        if attention_mask is not None:
+            mask = attention_mask.bool()
+            key_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
         tr = self.model.transformer
         x = tr.wte(input_ids)
-        rope = self.rope(start, input_ids.shape[1])
+        if position_ids is None:
+            position_ids = torch.arange(start, start + input_ids.shape[1], device=self.inv_freq.device)
+        rope = self.rope(position_ids)
         for layer, block in enumerate(tr.blocks):
             x = block(x, rope, key_mask, cache, layer, start)
         return tr.ff_out(tr.ln_f(x))
