@@ -75,6 +75,8 @@ RANGE_CASES = [
     ("factor", "factor", 0.0, "> 0"), ("entropy_bounded", "gamma", -0.1, ">= 0"),
     ("learned", "filter_threshold", 0.0, r"in \(0, 1\]"), ("topk", "k", 0, ">= 1"),
     ("margin", "margin_threshold", 1.5, r"in \[0, 1\]"),
+    ("wino", "threshold", 1.5, r"in \[0, 1\]"), ("saber", "n", 0, ">= 1"), ("remdm", "remdm_number", 0, ">= 1"),
+    ("rcr", "steps", 0, "> 0"),
 ]
 
 

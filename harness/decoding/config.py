@@ -41,6 +41,9 @@ class DecodeConfig:
             raise ConfigError(f"strategy {self.strategy!r} cannot run with cache={self.cache!r}"
                               f"{': ' + policy.no_cache_because if policy.no_cache_because else ''}; "
                               f"use cache={' or '.join(repr(c) for c in policy.caches)}")
+        if policy.greedy_only and self.temperature > 0:
+            raise ConfigError(f"strategy {self.strategy!r} decodes greedily, as its reference does; "
+                              f"use temperature=0, not {self.temperature}")
         self.policy.validate()
         policy.check(self)
 

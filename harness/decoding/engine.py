@@ -271,7 +271,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
                 quota=plan[rows, step] if step < S else torch.ones_like(rows), step=step, tokens=current,
                 eos_id=canvas.eos_id, reference=None if reference is None else reference[rows, w_lo:w_hi],
                 generator=generator, rows=rows, memory=memory, start=w_lo, block_start=s - w_lo,
-                block_end=min(e, w_hi) - w_lo, prompt_length=P, mask_id=canvas.mask_id)
+                block_end=min(e, w_hi) - w_lo, prompt_length=P, mask_id=canvas.mask_id, inside=inside)
             decision = policy.step(state)
             commit = decision.commit & masked
             written = torch.where(commit, decision.tokens, current)

@@ -113,6 +113,7 @@ class StepState:
     block_end: int | None = None
     prompt_length: int = 0  # canvas positions before it are the (left-padded) prompt
     mask_id: int | None = None
+    inside: Tensor | None = None  # [n, W] bool: within the row's canvas (False past an EoTP cut)
 
     @cached_property
     def probabilities(self) -> Tensor:
@@ -157,6 +158,7 @@ class Policy:
     Config: ClassVar[type[PolicyConfig]] = PolicyConfig  # no knobs
     caches: ClassVar[tuple[str, ...]] = CACHE_MODES  # the KV-cache modes the rule can run with
     no_cache_because: ClassVar[str] = ""  # why the others are refused (said in the error)
+    greedy_only: ClassVar[bool] = False  # the rule scores the argmax itself (temperature > 0 is refused)
 
     def __init__(self, decoding: DecodeConfig):
         self.config = decoding.policy
@@ -262,10 +264,20 @@ def top_k(score: Tensor, eligible: Tensor, k: Tensor | int) -> Tensor:
     return (rank < k) & eligible
 
 
+def greedy_confidence(logits: Tensor, dtype: torch.dtype, exclude: int | None = None) -> tuple[Tensor, Tensor]:
+    """The argmax of the logits and its softmax probability computed in `dtype` (float64 for rules whose
+    reference uses it); `exclude` (the mask token, as ParallelBench's wrapper does) is taken out of both."""
+    logits = logits.to(dtype)
+    if exclude is not None:
+        logits = logits.index_fill(-1, torch.tensor([exclude], device=logits.device), float("-inf"))
+    prediction = logits.argmax(-1)
+    return prediction, logits.softmax(-1).gather(-1, prediction[..., None]).squeeze(-1)
+
+
 def prefix_length(ok_sorted: Tensor) -> Tensor:
     """Per row, how many leading entries of a sorted candidate list pass (at least 1)."""
     return ok_sorted.long().cumprod(-1).sum(-1).clamp(min=1)
 
 
-__all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "Decision", "Policy", "PolicyConfig", "StepState", "knob_symbol", "method_of",
+__all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "Decision", "Policy", "PolicyConfig", "StepState", "greedy_confidence", "knob_symbol", "method_of",
            "prefix_length", "register_policy", "top_k"]
