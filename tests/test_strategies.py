@@ -75,6 +75,8 @@ RANGE_CASES = [
     ("factor", "factor", 0.0, "> 0"), ("entropy_bounded", "gamma", -0.1, ">= 0"),
     ("learned", "filter_threshold", 0.0, r"in \(0, 1\]"), ("topk", "k", 0, ">= 1"),
     ("margin", "margin_threshold", 1.5, r"in \[0, 1\]"),
+    ("credit", "maximum_unroll", 0, ">= 1"), ("credit", "decay_beta", 1.5, r"in \[0, 1\]"),
+    ("hierarchy", "low_threshold", 1.5, r"in \[0, 1\]"), ("d3llm", "decoded_token_threshold", 1.5, r"in \[0, 1\]"),
 ]
 
 
