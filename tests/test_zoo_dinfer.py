@@ -218,8 +218,18 @@ def test_the_eos_stop_ends_after_the_first_block_holding_eos(eos_prone, prompts,
     assert (stopped.nfe < full.nfe).any()
 
 
-def test_d3llm_early_stop_ends_at_the_first_eos(eos_prone, prompts):
-    out = generate(eos_prone, prompts, cfg(strategy="d3llm"))
+class Widths(Metered):
+    """Records the length of every forward's input."""
+
+    def forward(self, input_ids, *args, **kwargs):
+        self.widths = getattr(self, "widths", []) + [input_ids.shape[1]]
+        return super().forward(input_ids, *args, **kwargs)
+
+
+def test_d3llm_early_stop_ends_at_the_first_eos_and_keeps_feeding_the_eos_tail(eos_prone, prompts):
+    model = Widths(eos_prone)
+    out = generate(model, prompts, cfg(strategy="d3llm"))
+    assert set(model.widths) == {prompts.shape[1] + G}  # as in the reference, the EOS after a cut are fed
     for row, skipped in zip(out.tokens, out.eotp_skipped.tolist()):
         # cut right after an EOS (a later step may still commit an earlier EOS, and the step that fills the
         # last mask cuts nothing, as in the reference)

@@ -12,6 +12,7 @@ class Blocks:
     created: torch.Tensor  # [batch]
     activated: torch.Tensor  # [batch, G / B] bool
     length: int  # canvas length: an `end` that cuts nothing
+    prompt_length: int
 
 
 @register_policy("d3llm")
@@ -24,7 +25,9 @@ class D3LLM(Policy):
     the forward: among the window's masked positions commit the lowest-entropy one (float64 softmax,
     -sum p log(p + 1e-12)) and every one with entropy <= threshold; if the first activated block with masks
     got nothing, also its lowest-entropy position. Tokens are the argmax. early_stop: once an EOS is
-    committed, everything after the first one becomes EOS (the row may still fill its masks before it).
+    committed, everything after the first one becomes EOS (the row may still fill its masks before it);
+    as in the reference, those EOS stay in the forward's input (with the EoTP switch on, its cut stops
+    feeding them instead).
 
     Quirks kept: the early stop runs at the start of the next iteration, so when the step that commits the
     first EOS also fills the last mask nothing is cut (the tokens after that EOS stay); the always-commit is
@@ -50,11 +53,31 @@ class D3LLM(Policy):
             for knob in ("block_add_threshold", "decoded_token_threshold"):
                 self.require(knob, 0 <= getattr(self, knob) <= 1, "in [0, 1]")
 
+    def __init__(self, decoding):
+        super().__init__(decoding)
+        self.eotp = decoding.eotp
+        # d3LLM keeps feeding the EOS it wrote after the first EOS; EoTP's cut stops feeding (its meaning)
+        self.feeds_eos_tail = self.config.early_stop and not decoding.eotp
+
+    def fits(self, decoding):
+        return super().fits(decoding) and decoding.eotp == self.eotp
+
     def begin(self, canvas, prompt_length):
         batch, blocks = canvas.shape[0], (canvas.shape[1] - prompt_length) // self.block_length
         activated = torch.zeros(batch, blocks, dtype=torch.bool, device=canvas.device)
         activated[:, 0] = 1.0 >= self.config.decoded_token_threshold  # block 1 follows the finished prompt
-        return Blocks(created=canvas.new_ones(batch), activated=activated, length=canvas.shape[1])
+        return Blocks(created=canvas.new_ones(batch), activated=activated, length=canvas.shape[1],
+                      prompt_length=prompt_length)
+
+    def forward(self, model, input_ids, key_mask, memory, rows, block_start, block_end):
+        if not self.feeds_eos_tail:
+            return model(input_ids, key_mask)
+        fed = input_ids.shape[1]  # the engine stops at the rows' furthest end: extend with their EOS tails
+        ids = torch.nn.functional.pad(input_ids, (0, memory.length - fed), value=model.eos_token_id)
+        if key_mask is not None:  # keep the prompt's padding; every generated position is a key
+            key_mask = torch.nn.functional.pad(key_mask[:, :memory.prompt_length],
+                                               (0, memory.length - memory.prompt_length), value=True)
+        return model(ids, key_mask)[:, :fed]
 
     def window(self, memory, block_start, block_end, canvas_end):
         return block_start, canvas_end  # any later block may be open
