@@ -77,6 +77,8 @@ RANGE_CASES = [
     ("margin", "margin_threshold", 1.5, r"in \[0, 1\]"),
     ("wino", "threshold", 1.5, r"in \[0, 1\]"), ("saber", "n", 0, ">= 1"), ("remdm", "remdm_number", 0, ">= 1"),
     ("rcr", "steps", 0, "> 0"),
+    ("credit", "maximum_unroll", 0, ">= 1"), ("credit", "decay_beta", 1.5, r"in \[0, 1\]"),
+    ("hierarchy", "low_threshold", 1.5, r"in \[0, 1\]"), ("d3llm", "decoded_token_threshold", 1.5, r"in \[0, 1\]"),
 ]
 
 
