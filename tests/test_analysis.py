@@ -65,6 +65,11 @@ def test_method_label_names_each_knob_of_its_strategy_by_its_declared_symbol():
     assert method_label(plain) == "baseline"
     plain["knobs"] |= {"steps": 8, "remasking": "random"}
     assert method_label(plain) == "baseline steps=8 remasking=random"
+    # a minor knob declared `secondary` is named only away from its authors' default
+    credit = {"strategy": "credit", "knobs": {"threshold": 0.9, "credit_alpha": 0.7, "decay_beta": 0.8}, "eotp": False}
+    assert method_label(credit) == "credit τ=0.9"
+    credit["knobs"]["credit_alpha"] = 0.5
+    assert method_label(credit) == "credit τ=0.9 α=0.5"
     # a record's own label wins (the harness wrote it from the policy's declaration)
     assert method_label({**plain, "label": "baseline (as recorded)"}) == "baseline (as recorded)"
 

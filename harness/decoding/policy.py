@@ -38,7 +38,8 @@ class PolicyConfig:
     """A policy's own knobs. A policy declares a frozen subclass as its nested `Config`: fields with defaults
     (one comment each), and `validate` for ranges. Field metadata `hydra_default` gives the Hydra schema an
     interpolation as default (e.g. "${model.filter}": a model may ship its own filter); `symbol` names the knob
-    in method labels (τ for threshold)."""
+    in method labels (τ for threshold); `secondary` leaves it out of labels while it is at its default (the
+    authors' setting of a rule's minor knobs)."""
 
     def validate(self) -> None:
         """Raise ConfigError for a knob out of range; this base checks types and that floats are finite."""
@@ -240,14 +241,15 @@ def knob_symbol(strategy: str, knob: str) -> str:
 
 def method_label(strategy: str, knobs: dict, declared=()) -> str:
     """The method's name in tables and plots: the strategy and its knobs by their declared symbols, e.g.
-    "threshold τ=0.9"; a knob at None, or a non-numeric one at its declared default (a mode left as it
-    is), says nothing and is left out."""
+    "threshold τ=0.9"; a knob at None, a non-numeric one at its declared default (a mode left as it is) or
+    one declared `secondary` (metadata) at its default says nothing and is left out."""
     declared = {f.name: f for f in declared}
     parts = [str(strategy)]
     for name, value in knobs.items():
         f = declared.get(name)
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is None or (f is not None and not numeric and value == f.default):
+        at_default = f is not None and value == f.default
+        if value is None or (at_default and (not numeric or f.metadata.get("secondary"))):
             continue
         text = f"{value:g}" if isinstance(value, float) else str(value).rsplit("/", 1)[-1]  # a file by its name
         parts.append(f"{f.metadata.get('symbol', name) if f else name}={text}")

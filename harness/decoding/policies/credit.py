@@ -10,8 +10,8 @@ class DriverConfig(PolicyConfig):
     """dInfer's `BlockWiseDiffusionLLM` driver knobs (its defaults), shared by the dInfer decoders."""
 
     # each check of the block runs u = clamp(masks // expected_tpf, 1, maximum_unroll) forwards back to back
-    expected_tpf: int = field(default=8, metadata={"symbol": "tpf"})
-    maximum_unroll: int = field(default=4, metadata={"symbol": "U"})  # the cap on u (dInfer: 4)
+    expected_tpf: int = field(default=8, metadata={"symbol": "tpf", "secondary": True})
+    maximum_unroll: int = field(default=4, metadata={"symbol": "U", "secondary": True})  # the cap on u (dInfer: 4)
     eos_stop: bool = True  # a finished block holding EOS ends the row (dInfer's early_stop=True)
 
     def validate(self):
@@ -99,9 +99,9 @@ class CreditDecoding(DInferDriver):
     @dataclass(frozen=True)
     class Config(DriverConfig):
         threshold: float = field(default=0.9, metadata={"symbol": "τ"})  # commit fused confidence >= τ (0.9)
-        credit_alpha: float = field(default=0.7, metadata={"symbol": "α"})  # weight of log(credit + 1) (0.7)
-        boost_gamma: float = field(default=0.2, metadata={"symbol": "γ"})  # credit added: p_top1 ** γ (0.2)
-        decay_beta: float = field(default=0.8, metadata={"symbol": "β"})  # credit kept per call (0.8)
+        credit_alpha: float = field(default=0.7, metadata={"symbol": "α", "secondary": True})  # weight of log(credit + 1) (0.7)
+        boost_gamma: float = field(default=0.2, metadata={"symbol": "γ", "secondary": True})  # credit added: p_top1 ** γ (0.2)
+        decay_beta: float = field(default=0.8, metadata={"symbol": "β", "secondary": True})  # credit kept per call (0.8)
 
         def validate(self):
             super().validate()

@@ -43,8 +43,8 @@ class D3LLM(Policy):
     @dataclass(frozen=True)
     class Config(PolicyConfig):
         threshold: float = field(default=0.5, metadata={"symbol": "τ_H"})  # commit entropy <= τ_H (nats; 0.5)
-        block_add_threshold: float = field(default=0.1, metadata={"symbol": "add"})  # open the next block (0.1)
-        decoded_token_threshold: float = field(default=0.95, metadata={"symbol": "act"})  # activate it (0.95)
+        block_add_threshold: float = field(default=0.1, metadata={"symbol": "add", "secondary": True})  # open the next block (0.1)
+        decoded_token_threshold: float = field(default=0.95, metadata={"symbol": "act", "secondary": True})  # activate it (0.95)
         early_stop: bool = True  # everything after the first committed EOS becomes EOS (d3LLM's chat default)
 
         def validate(self):

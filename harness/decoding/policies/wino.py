@@ -40,7 +40,7 @@ class Wino(Policy):
     class Config(PolicyConfig):
         threshold: float = field(default=0.6, metadata={"symbol": "τ"})  # draft: confidence > τ (function default)
         # verify: re-mask earlier commits whose shadow probability < τ_back (function default)
-        threshold_back: float = field(default=0.9, metadata={"symbol": "τ_back"})
+        threshold_back: float = field(default=0.9, metadata={"symbol": "τ_back", "secondary": True})
 
         def validate(self):
             super().validate()
