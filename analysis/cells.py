@@ -6,7 +6,7 @@ Fields read from a record (missing ones become NaN):
      "method": {"strategy", "knobs": {own knob: value}, "needs_reference", "label"},
      "metrics": {"accuracy": 0-1, "accuracy_stderr": 0-1},
      "speed": {"nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped", "tokens",
-               "raw_tokens", "samples", "gen_length"},
+               "raw_tokens", "remasked", "samples", "gen_length"},
      "speedup", "speedup_q1", "speedup_q3", "nfe_ratio", "timing": {"trusted"}, "device", "device_name",
      "batch_size"}
 
@@ -24,7 +24,7 @@ import pandas as pd
 from harness.decoding import method_of
 
 SPEED_COLUMNS = ("nfe", "tpf", "tokens_per_second", "latency_p50", "latency_p90", "eotp_skipped", "tokens",
-                 "raw_tokens")
+                 "raw_tokens", "remasked")
 CELL_COLUMNS = ["model", "task", "strategy", "knobs", "label", "needs_reference", "is_reference", "eotp", "cache",
                 "gen_length", "block_length", "accuracy", "accuracy_stderr", *SPEED_COLUMNS, "speedup",
                 "speedup_q1", "speedup_q3", "nfe_ratio", "timing_trusted", "device", "device_name", "batch_size",

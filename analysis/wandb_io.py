@@ -24,7 +24,7 @@ import pandas as pd
 from .cells import Collected, cell_row, cells_frame, missing_fields
 
 SUMMARY_SPEED = ("nfe", "tpf", "tokens", "raw_tokens", "tokens_per_second", "latency_p50", "latency_p90",
-                 "eotp_skipped", "samples", "gen_length")
+                 "eotp_skipped", "remasked", "samples", "gen_length")
 SUMMARY_TOP = ("speedup", "speedup_q1", "speedup_q3", "nfe_ratio", "baseline_hash", "device_name")
 
 

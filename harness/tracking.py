@@ -55,7 +55,7 @@ def sample_rows(samples: list[dict], metric: str) -> list[dict]:
     return [{"doc_id": sample.get("doc_id"), "prompt": _first(sample.get("arguments")),
              "output": _first(sample.get("resps")), "target": str(sample.get("target")), name: sample.get(name),
              "nfe": sample.get("nfe"), "tpf": sample.get("tpf"), "latency_s": sample.get("seconds"),
-             **{field: sample.get(field) for field in ("tokens", "raw_tokens", "eotp_skipped")}}
+             **{field: sample.get(field) for field in ("tokens", "raw_tokens", "eotp_skipped", "remasked")}}
             for sample in samples if not wanted or sample.get("filter", wanted) == wanted]
 
 

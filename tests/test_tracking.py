@@ -19,7 +19,7 @@ from harness.run import run_cell
 from .test_sweep import harness_cli, settings_for
 
 SAMPLE_COLUMNS = ["doc_id", "prompt", "output", "target", "acc", "nfe", "tpf", "latency_s", "tokens", "raw_tokens",
-                  "eotp_skipped"]
+                  "eotp_skipped", "remasked"]
 
 
 def inspect(run_dir: Path, summary: bool = True):

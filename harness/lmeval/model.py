@@ -291,7 +291,8 @@ class DLLM(LM):
                 "nfe": nfe, "tokens": counted, "raw_tokens": count_non_eos(tokens, eos),
                 "tpf": counted / max(nfe, 1), "seconds": latency, "batch_seconds": seconds,
                 "tokens_per_second": counted / latency if latency > 0 else None,
-                "eotp_skipped": int(out.eotp_skipped[row]), "gen_length": config.gen_length,
+                "eotp_skipped": int(out.eotp_skipped[row]), "remasked": int(out.remasked[row]),
+                "gen_length": config.gen_length,
                 "steps_per_block": out.steps_per_block[row].tolist(),
             } | ({"redecodes": redecodes[row]} if redecodes else {})
 
@@ -367,7 +368,8 @@ class DLLM(LM):
                 "tokens_per_second": tokens / max(self.batch_seconds[task], 1e-12),
                 "latency_mean": seconds / len(stats), "latency_p50": percentile(latencies, 50),
                 "latency_p90": percentile(latencies, 90),
-                "eotp_skipped": sum(s["eotp_skipped"] for s in stats) / len(stats), "samples": len(stats),
+                "eotp_skipped": sum(s["eotp_skipped"] for s in stats) / len(stats),
+                "remasked": sum(s["remasked"] for s in stats) / len(stats), "samples": len(stats),
                 "gen_length": statistics.mode(s["gen_length"] for s in stats),
                 "decode_seconds": self.batch_seconds[task]}
 
