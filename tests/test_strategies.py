@@ -75,6 +75,9 @@ RANGE_CASES = [
     ("factor", "factor", 0.0, "> 0"), ("entropy_bounded", "gamma", -0.1, ">= 0"),
     ("learned", "filter_threshold", 0.0, r"in \(0, 1\]"), ("topk", "k", 0, ">= 1"),
     ("margin", "margin_threshold", 1.5, r"in \[0, 1\]"),
+    ("klass", "conf_threshold", 1.5, r"in \[0, 1\]"), ("klass", "kl_history_length", 0, ">= 1"),
+    ("prophet", "late_threshold", -1.0, ">= 0"), ("prophet", "answer_start", -1, ">= 0"),
+    ("slow_fast", "k_exploration_steps", 0, ">= 1"), ("slow_fast", "high_confidence_threshold", 1.5, r"in \[0, 1\]"),
 ]
 
 
