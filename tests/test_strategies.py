@@ -79,6 +79,9 @@ RANGE_CASES = [
     ("rcr", "steps", 0, "> 0"),
     ("credit", "maximum_unroll", 0, ">= 1"), ("credit", "decay_beta", 1.5, r"in \[0, 1\]"),
     ("hierarchy", "low_threshold", 1.5, r"in \[0, 1\]"), ("d3llm", "decoded_token_threshold", 1.5, r"in \[0, 1\]"),
+    ("klass", "conf_threshold", 1.5, r"in \[0, 1\]"), ("klass", "kl_history_length", 0, ">= 1"),
+    ("prophet", "late_threshold", -1.0, ">= 0"), ("prophet", "answer_start", -1, ">= 0"),
+    ("slow_fast", "k_exploration_steps", 0, ">= 1"), ("slow_fast", "high_confidence_threshold", 1.5, r"in \[0, 1\]"),
 ]
 
 
