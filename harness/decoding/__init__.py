@@ -18,5 +18,6 @@ from .policy import (
     top_k,
 )
 
-__all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "DecodeConfig", "DecodeOutput", "Decision", "Policy",
-           "PolicyConfig", "StepState", "Trace", "generate", "knob_symbol", "method_of", "register_policy", "top_k"]
+__all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "DecodeConfig", "DecodeOutput", "Decision",
+           "Policy", "PolicyConfig", "StepState", "Trace", "generate", "knob_symbol", "method_of", "register_policy",
+           "top_k"]

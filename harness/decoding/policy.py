@@ -281,5 +281,5 @@ def prefix_length(ok_sorted: Tensor) -> Tensor:
     return ok_sorted.long().cumprod(-1).sum(-1).clamp(min=1)
 
 
-__all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "Decision", "Policy", "PolicyConfig", "StepState", "greedy_confidence", "knob_symbol", "method_of",
-           "prefix_length", "register_policy", "top_k"]
+__all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "Decision", "Policy", "PolicyConfig",
+           "StepState", "greedy_confidence", "knob_symbol", "method_of", "prefix_length", "register_policy", "top_k"]

@@ -99,9 +99,12 @@ class CreditDecoding(DInferDriver):
     @dataclass(frozen=True)
     class Config(DriverConfig):
         threshold: float = field(default=0.9, metadata={"symbol": "τ"})  # commit fused confidence >= τ (0.9)
-        credit_alpha: float = field(default=0.7, metadata={"symbol": "α", "secondary": True})  # weight of log(credit + 1) (0.7)
-        boost_gamma: float = field(default=0.2, metadata={"symbol": "γ", "secondary": True})  # credit added: p_top1 ** γ (0.2)
-        decay_beta: float = field(default=0.8, metadata={"symbol": "β", "secondary": True})  # credit kept per call (0.8)
+        # weight of log(credit + 1) (0.7)
+        credit_alpha: float = field(default=0.7, metadata={"symbol": "α", "secondary": True})
+        # credit added: p_top1 ** γ (0.2)
+        boost_gamma: float = field(default=0.2, metadata={"symbol": "γ", "secondary": True})
+        # credit kept per call (0.8)
+        decay_beta: float = field(default=0.8, metadata={"symbol": "β", "secondary": True})
 
         def validate(self):
             super().validate()

@@ -43,8 +43,10 @@ class D3LLM(Policy):
     @dataclass(frozen=True)
     class Config(PolicyConfig):
         threshold: float = field(default=0.5, metadata={"symbol": "τ_H"})  # commit entropy <= τ_H (nats; 0.5)
-        block_add_threshold: float = field(default=0.1, metadata={"symbol": "add", "secondary": True})  # open the next block (0.1)
-        decoded_token_threshold: float = field(default=0.95, metadata={"symbol": "act", "secondary": True})  # activate it (0.95)
+        # open the next block (0.1)
+        block_add_threshold: float = field(default=0.1, metadata={"symbol": "add", "secondary": True})
+        # activate it (0.95)
+        decoded_token_threshold: float = field(default=0.95, metadata={"symbol": "act", "secondary": True})
         early_stop: bool = True  # everything after the first committed EOS becomes EOS (d3LLM's chat default)
 
         def validate(self):
@@ -103,7 +105,8 @@ class D3LLM(Policy):
         last = (created - 1)[:, None]
         last_progress, last_masks = progress.gather(-1, last).squeeze(-1), masks.gather(-1, last).squeeze(-1)
         add = (created < total) & ((last_progress >= knobs.block_add_threshold) | (last_masks == 0))
-        activated |= (index == created[:, None]) & add[:, None] & (last_progress >= knobs.decoded_token_threshold)[:, None]
+        ready = last_progress >= knobs.decoded_token_threshold
+        activated |= (index == created[:, None]) & add[:, None] & ready[:, None]
         created = created + add
         memory.created[rows], memory.activated[rows] = created, activated
         active = (index < created[:, None]) & (activated | (masks > 0))

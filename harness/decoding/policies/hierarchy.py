@@ -24,7 +24,8 @@ class Hierarchy(DInferDriver):
     @dataclass(frozen=True)
     class Config(DriverConfig):
         threshold: float = field(default=0.9, metadata={"symbol": "τ"})  # commit any confidence > τ (0.9)
-        low_threshold: float = field(default=0.3, metadata={"symbol": "τ_low", "secondary": True})  # a run's best needs > τ_low (0.3)
+        # a run's best needs > τ_low (0.3)
+        low_threshold: float = field(default=0.3, metadata={"symbol": "τ_low", "secondary": True})
 
         def validate(self):
             super().validate()

@@ -37,9 +37,12 @@ class Klass(Baseline):
 
     @dataclass(frozen=True)
     class Config(PolicyConfig):
-        conf_threshold: float = field(default=0.9, metadata={"symbol": "τ"})  # ready iff p(top) > τ (CLI 0.9; GSM8K/MATH 0.6)
-        kl_threshold: float = field(default=0.01, metadata={"symbol": "κ"})  # ... and every KL in the history < κ (GSM8K 0.015)
-        kl_history_length: int = field(default=2, metadata={"symbol": "H"})  # H: forwards the KL must stay below κ
+        # ready iff p(top) > τ (CLI 0.9; GSM8K/MATH 0.6)
+        conf_threshold: float = field(default=0.9, metadata={"symbol": "τ"})
+        # ... and every KL in the history < κ (GSM8K 0.015)
+        kl_threshold: float = field(default=0.01, metadata={"symbol": "κ", "secondary": True})
+        # H: forwards the KL must stay below κ
+        kl_history_length: int = field(default=2, metadata={"symbol": "H", "secondary": True})
         steps: int | None = None  # LLaDA's step budget for the fallback quota; None: G (the authors' steps = G)
 
         def validate(self):

@@ -41,10 +41,12 @@ class Prophet(Baseline):
 
     @dataclass(frozen=True)
     class Config(Baseline.Config):
-        early_threshold: float = field(default=7.5, metadata={"symbol": "γe"})  # exit iff mean gap >= it while g/steps < 0.33
+        # exit iff mean gap >= it while g/steps < 0.33
+        early_threshold: float = field(default=7.5, metadata={"symbol": "γe"})
         mid_threshold: float = field(default=5.0, metadata={"symbol": "γm"})  # ... while g/steps < 0.67
         late_threshold: float = field(default=2.5, metadata={"symbol": "γl"})  # ... afterwards
-        answer_start: int = 0  # first watched position (gen-relative); the README's example: 200 of G 256
+        # first watched position (gen-relative); the README's example: 200 of G 256
+        answer_start: int = field(default=0, metadata={"secondary": True})
 
         def validate(self):
             super().validate()

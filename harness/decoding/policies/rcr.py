@@ -62,7 +62,8 @@ class RunningConfidenceRemasking(Policy):
         gen_length = canvas.shape[1] - prompt_length
         steps = max(1, (self.config.steps or gen_length) // (gen_length // self.block_length))
         return SimpleNamespace(prompt_length=prompt_length,
-                               ratios=[masked_ratio(self.config.mode, (t + 1) / steps) for t in range(steps)], block_masks=torch.zeros(batch, dtype=torch.float64, device=device),
+                               ratios=[masked_ratio(self.config.mode, (t + 1) / steps) for t in range(steps)],
+                               block_masks=torch.zeros(batch, dtype=torch.float64, device=device),
                                running=torch.zeros(batch, canvas.shape[1] - prompt_length, device=device),
                                forwards_left=torch.zeros(batch, dtype=torch.long, device=device))
 

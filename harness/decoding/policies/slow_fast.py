@@ -46,12 +46,17 @@ class SlowFast(Policy):
 
     @dataclass(frozen=True)
     class Config(PolicyConfig):
-        k_exploration_steps: int = field(default=6, metadata={"symbol": "K"})  # slow forwards per sub-cycle
-        cycle_len_confidence_threshold: float = 0.3  # a masked position this confident extends the cycle estimate
-        cycle_length_stability_window: int = 2  # W: estimates that must agree to fix the cycle length
-        cycle_length_stability_std_dev_threshold: float = 1.0  # they agree when their population std is below it
+        # slow forwards per sub-cycle
+        k_exploration_steps: int = field(default=6, metadata={"symbol": "K", "secondary": True})
+        # a masked position this confident extends the cycle estimate
+        cycle_len_confidence_threshold: float = field(default=0.3, metadata={"secondary": True})
+        # W: estimates that must agree to fix the cycle length
+        cycle_length_stability_window: int = field(default=2, metadata={"secondary": True})
+        # they agree when their population std is below it
+        cycle_length_stability_std_dev_threshold: float = field(default=1.0, metadata={"secondary": True})
         high_confidence_threshold: float = field(default=0.9, metadata={"symbol": "τ"})  # commit all >= τ (if >= 2)
-        max_sub_cycles_per_block: int = 256  # the reference's safety break (block_length must not exceed it)
+        # the reference's safety break (block_length must not exceed it)
+        max_sub_cycles_per_block: int = field(default=256, metadata={"secondary": True})
 
         def validate(self):
             super().validate()

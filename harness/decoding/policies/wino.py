@@ -64,7 +64,8 @@ class Wino(Policy):
         n, length = input_ids.shape
         width, device = block_end - block_start, input_ids.device
         keys = torch.ones_like(input_ids, dtype=torch.bool) if key_mask is None else key_mask.bool()
-        counterpart = torch.arange(length, device=device) == torch.arange(block_start, block_end, device=device)[:, None]
+        block_positions = torch.arange(block_start, block_end, device=device)
+        counterpart = torch.arange(length, device=device) == block_positions[:, None]
         canvas_queries = torch.cat([keys[:, None].expand(n, length, length), keys.new_zeros(n, length, width)], -1)
         shadow_queries = torch.cat([keys[:, None] & ~counterpart, keys.new_ones(n, width, width)], -1)
         logits = model(torch.cat([input_ids, input_ids.new_full((n, width), model.mask_token_id)], 1),
