@@ -54,6 +54,24 @@ def prompts():
     return torch.randint(0, 250, (3, 10), generator=torch.Generator().manual_seed(0))
 
 
+def assert_batch_decodes_like_its_rows(model, config, lengths=(10, 6, 8), seed=2):
+    """Left-padded prompts of different lengths, decoded together, give each row's single-row result: tokens,
+    forwards and re-masks."""
+    from harness.decoding import generate
+    gen = torch.Generator().manual_seed(seed)
+    singles = [torch.randint(0, 250, (1, n), generator=gen) for n in lengths]
+    width = max(lengths)
+    batch = torch.full((len(lengths), width), model.eos_token_id)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, ids in enumerate(singles):
+        batch[i, width - ids.shape[1]:], mask[i, width - ids.shape[1]:] = ids[0], 1
+    together = generate(model, batch, config, attention_mask=mask)
+    for i, ids in enumerate(singles):
+        alone = generate(model, ids, config)
+        assert torch.equal(together.tokens[i], alone.tokens[0]), f"row {i}"
+        assert together.nfe[i] == alone.nfe[0] and together.remasked[i] == alone.remasked[0], f"row {i}"
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Stop wandb's background service if a test started one, so the session ends cleanly."""
     import sys

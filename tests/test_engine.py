@@ -4,6 +4,8 @@ import torch
 
 from harness.decoding import DecodeConfig, generate
 
+from .conftest import assert_batch_decodes_like_its_rows
+
 G, B = 32, 8  # the fixture model's max length is 128
 
 
@@ -81,20 +83,7 @@ def test_eotp_skips_blocks_beyond_the_cut(eos_prone, prompts):
 ])
 def test_batched_rows_equal_single_rows(eos_prone, settings):
     """Left-padded prompts of different lengths, decoded together, give each row's single-row result."""
-    gen = torch.Generator().manual_seed(2)
-    lengths = [10, 6, 8]
-    singles = [torch.randint(0, 250, (1, n), generator=gen) for n in lengths]
-    width = max(lengths)
-    batch = torch.full((3, width), eos_prone.eos_token_id)
-    mask = torch.zeros(3, width, dtype=torch.long)
-    for i, ids in enumerate(singles):
-        batch[i, width - ids.shape[1]:] = ids[0]
-        mask[i, width - ids.shape[1]:] = 1
-    together = generate(eos_prone, batch, cfg(**settings), attention_mask=mask)
-    for i, ids in enumerate(singles):
-        alone = generate(eos_prone, ids, cfg(**settings))
-        assert torch.equal(together.tokens[i], alone.tokens[0]), f"row {i}"
-        assert together.nfe[i] == alone.nfe[0]
+    assert_batch_decodes_like_its_rows(eos_prone, cfg(**settings))
 
 
 def test_factor_and_entropy_bounded_commit_in_parallel(tiny, prompts):

@@ -1,7 +1,6 @@
 """The result store finds a complete cell by its hash through the index, and survives what users do to it;
 a cell's identity covers what it read (data, weights, tokenizer, filter, harness); collect survives
 damaged stores and failed cells."""
-import errno
 import hashlib
 import json
 import os

@@ -10,7 +10,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from harness.bench_load import busy_cores, cells_of, subset, table
-from harness.decoding import ConfigError
 from harness.run import run_cell
 from harness.timing import available_cores, paired_ratios, resolve_threads, untrusted_reasons
 

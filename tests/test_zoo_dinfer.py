@@ -8,6 +8,8 @@ import torch
 from harness.decoding import POLICIES, ConfigError, DecodeConfig, StepState, generate
 from harness.models.metered import Metered
 
+from .conftest import assert_batch_decodes_like_its_rows
+
 G, B = 32, 8
 MASK, EOS = 9, 8  # the hand-built steps' vocabulary: 10 tokens
 
@@ -255,17 +257,7 @@ def test_batched_rows_equal_single_rows(eos_prone, settings):
     """Left-padded prompts of different lengths, decoded together, give each row's single-row result (dInfer
     sizes the unroll from the whole batch's masks and its hierarchy decoder and d3LLM take one row: our rows
     are independent)."""
-    gen = torch.Generator().manual_seed(2)
-    singles = [torch.randint(0, 250, (1, n), generator=gen) for n in (10, 6, 8)]
-    batch = torch.full((3, 10), eos_prone.eos_token_id)
-    mask = torch.zeros(3, 10, dtype=torch.long)
-    for i, ids in enumerate(singles):
-        batch[i, 10 - ids.shape[1]:], mask[i, 10 - ids.shape[1]:] = ids[0], 1
-    together = generate(eos_prone, batch, cfg(**settings), attention_mask=mask)
-    for i, ids in enumerate(singles):
-        alone = generate(eos_prone, ids, cfg(**settings))
-        assert torch.equal(together.tokens[i], alone.tokens[0]), f"row {i}"
-        assert together.nfe[i] == alone.nfe[0]
+    assert_batch_decodes_like_its_rows(eos_prone, cfg(**settings))
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -8,6 +8,8 @@ from harness.decoding import POLICIES, ConfigError, DecodeConfig, StepState, gen
 from harness.models import MaskedLM
 from harness.models.metered import Metered
 
+from .conftest import assert_batch_decodes_like_its_rows
+
 MASK = 3  # hand-built steps: a 4-token vocabulary whose last token is the mask
 
 
@@ -234,15 +236,5 @@ def test_wino_refuses_a_model_without_position_ids_before_its_first_forward():
 ])
 def test_batched_rows_equal_single_rows(tiny, strategy, settings):
     """Every rule keeps its state per row, so left-padded prompts decoded together decode as alone."""
-    gen = torch.Generator().manual_seed(2)
-    singles = [torch.randint(0, 250, (1, n), generator=gen) for n in (10, 6, 8)]
-    batch = torch.full((3, 10), tiny.eos_token_id)
-    mask = torch.zeros(3, 10, dtype=torch.long)
-    for i, ids in enumerate(singles):
-        batch[i, 10 - ids.shape[1]:], mask[i, 10 - ids.shape[1]:] = ids[0], 1
-    config = DecodeConfig.create(strategy=strategy, gen_length=16, block_length=8, **settings)
-    together = generate(tiny, batch, config, attention_mask=mask)
-    for i, ids in enumerate(singles):
-        alone = generate(tiny, ids, config)
-        assert torch.equal(together.tokens[i], alone.tokens[0]), f"row {i}"
-        assert together.nfe[i] == alone.nfe[0] and together.remasked[i] == alone.remasked[0]
+    assert_batch_decodes_like_its_rows(tiny, DecodeConfig.create(strategy=strategy, gen_length=16, block_length=8,
+                                                               **settings))

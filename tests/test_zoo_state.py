@@ -7,6 +7,8 @@ import torch
 from harness.decoding import POLICIES, ConfigError, DecodeConfig, StepState, generate
 from harness.models.metered import Metered
 
+from .conftest import assert_batch_decodes_like_its_rows
+
 G, B = 32, 8
 VOCAB = 6
 
@@ -193,14 +195,4 @@ def test_refused_combinations_are_one_line_at_config_time(settings, refused):
     dict(strategy="slow_fast", high_confidence_threshold=0.05), dict(strategy="slow_fast", eotp=True),
 ])
 def test_batched_rows_equal_single_rows(eos_prone, settings):
-    gen = torch.Generator().manual_seed(2)
-    singles = [torch.randint(0, 250, (1, n), generator=gen) for n in (10, 6, 8)]
-    width = 10
-    batch = torch.full((3, width), eos_prone.eos_token_id)
-    mask = torch.zeros(3, width, dtype=torch.long)
-    for i, ids in enumerate(singles):
-        batch[i, width - ids.shape[1]:], mask[i, width - ids.shape[1]:] = ids[0], 1
-    together = generate(eos_prone, batch, cfg(**settings), attention_mask=mask)
-    for i, ids in enumerate(singles):
-        alone = generate(eos_prone, ids, cfg(**settings))
-        assert torch.equal(together.tokens[i], alone.tokens[0]) and together.nfe[i] == alone.nfe[0], f"row {i}"
+    assert_batch_decodes_like_its_rows(eos_prone, cfg(**settings))
