@@ -44,6 +44,8 @@ def result_line(record: dict) -> str:
 def speedup_text(record: dict) -> str:
     if record.get("baseline_hash") == record["config_hash"]:
         return "speedup 1 (the baseline)"
+    if record.get("speedup") is None:
+        return "speedup not measured (pair_rounds=0)"
     q1, q3 = record.get("speedup_q1"), record.get("speedup_q3")
     text = f"speedup {record['speedup']:.2f}" + (f" [{q1:.2f}–{q3:.2f}]" if q1 is not None and q3 is not None else "")
     reasons = record["timing"].get("reasons") or []

@@ -113,7 +113,7 @@ def check_run_settings(settings: dict) -> None:
     task, limit = settings["task"], settings["task"]["limit"]
     rules = [("batch_size", settings["batch_size"], settings["batch_size"] >= 1, "an integer >= 1"),
              ("warmup", settings["warmup"], settings["warmup"] >= 0, "an integer >= 0"),
-             ("pair_rounds", settings["pair_rounds"], settings["pair_rounds"] >= 1, "an integer >= 1"),
+             ("pair_rounds", settings["pair_rounds"], settings["pair_rounds"] >= 0, "an integer >= 0"),
              ("task.limit", limit, limit is None or limit > 0,
               "a number of problems >= 1 or a fraction in (0, 1)"),
              ("task.num_fewshot", task["num_fewshot"], task["num_fewshot"] is None or task["num_fewshot"] >= 0,
@@ -292,7 +292,11 @@ def pair_with_baseline(settings: dict, record: dict, tasks: dict, device: str) -
 
 
 def judged(record: dict, ratios: list[float], nfe_ratio: float | None) -> dict:
-    """speedup, its IQR ends, nfe_ratio and the record's timing with the trust rule's verdict."""
+    """speedup, its IQR ends, nfe_ratio and the record's timing with the trust rule's verdict. Without paired
+    rounds (`pair_rounds=0`, a hardware-free sweep) there is no speedup and no timing to trust."""
+    if not ratios:
+        return {"speedup": None, "speedup_q1": None, "speedup_q3": None, "nfe_ratio": nfe_ratio,
+                "timing": {**record["timing"], "trusted": False, "reasons": ["no paired rounds (pair_rounds=0)"]}}
     speedup, q1, q3 = spread(ratios)
     timing = record["timing"]
     reasons = untrusted_reasons(speedup=speedup, q1=q1, q3=q3, nfe_ratio=nfe_ratio, **{

@@ -121,7 +121,7 @@ class RunSchema:
     batch_size: int = 1
     warmup: int = 1  # decodes before timing starts, excluded from speed figures
     threads: str = "auto"  # torch CPU threads per process; auto: the cores divided among parallel jobs
-    pair_rounds: int = 3  # paired rounds (plain baseline and method on the first batch) behind the speedup
+    pair_rounds: int = 3  # paired rounds (plain baseline and method on the first batch) behind the speedup; 0: none
     trace: bool = False  # per sample, forwards spent re-decoding tokens already predicted right (slower)
     analyse: bool = True  # at the end of a multirun: Pareto plots and tables.md in the sweep folder
 

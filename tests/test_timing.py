@@ -70,6 +70,17 @@ def test_auto_threads_divide_the_cores_among_parallel_jobs():
         HydraConfig.instance().cfg = None
 
 
+def test_a_hardware_free_cell_has_no_speedup_but_its_nfe_ratio(tmp_path):
+    """pair_rounds=0 (a board of accuracy and NFE): no paired rounds, no speedup, no timing to trust."""
+    from harness.progress import result_line
+    settings = settings_for(tmp_path, "task=perm", "decoding=threshold", "threads=1", "pair_rounds=0")
+    record = run_cell(settings, tmp_path / "store" / "cell", "cpu")
+    assert record["status"] == "complete", record.get("error")
+    assert record["speedup"] is None and record["timing"]["ratios"] == [] and not record["timing"]["trusted"]
+    assert record["nfe_ratio"] > 1  # from the plain baseline's stored record
+    assert "speedup not measured (pair_rounds=0)" in result_line(record)
+
+
 def test_paired_rounds_alternate_their_order_and_divide_throughputs():
     order = []
 
