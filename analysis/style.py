@@ -13,7 +13,6 @@ import pandas as pd
 
 from .collect import knob_names as knob_columns, method_label
 
-PALETTE = "tab10"
 REFERENCE_GREY = "0.5"  # strategies that need the reference answer: drawn as a reference, never a competitor
 UNTRUSTED = "†"
 UNTRUSTED_NOTE = f"{UNTRUSTED} timing flagged as untrusted (see the record's timing.reasons); speed not comparable"
@@ -51,13 +50,21 @@ def registered_strategies() -> list[str]:
     return sorted(POLICIES)
 
 
+def palette() -> list:
+    """Distinct colours, strongest first: tab20's dark shades, then its light ones (its greys, kept for
+    references, left out), then tab20b: room for every registered strategy."""
+    import matplotlib
+    tab20, tab20b = matplotlib.colormaps["tab20"].colors, matplotlib.colormaps["tab20b"].colors
+    greys = (14, 15)
+    return [tab20[i] for i in [*range(0, 20, 2), *range(1, 20, 2)] if i not in greys] + list(tab20b)
+
+
 def strategy_colours(strategies) -> dict:
     """One colour per strategy, the same in every figure and every sweep: the registered strategies take the
     palette's slots in name order (distinct while they fit the palette); a name not registered (an older
     record's) takes the first free slot from a digest of its name. The palette's grey is left to references."""
-    import matplotlib
-    colours = matplotlib.colormaps[PALETTE].colors
-    slots = [i for i in range(len(colours)) if i != 7]  # tab10's grey
+    colours = palette()
+    slots = range(len(colours))
     names = [str(s) for s in pd.unique(pd.Series(list(strategies), dtype=object).dropna())]
     out = {name: colours[slots[i % len(slots)]] for i, name in enumerate(registered_strategies())}
     taken = {colours.index(c) for c in out.values()}

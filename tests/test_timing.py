@@ -52,7 +52,7 @@ def test_a_cell_records_its_paired_speedup_with_spread_and_what_the_timing_saw(p
 
 @pytest.mark.parametrize("override, message", [
     *((f"threads={bad}", "threads must be auto or a positive integer") for bad in ("0", "-2", "two", "1.5")),
-    ("pair_rounds=0", "pair_rounds=0: must be an integer >= 1"),
+    ("pair_rounds=-1", "pair_rounds=-1: must be an integer >= 0"),
 ])
 def test_bad_timing_settings_fail_the_cell_in_one_line_before_the_model_loads(tmp_path, override, message):
     record = run_cell(settings_for(tmp_path, override), tmp_path / "cell", "cpu")

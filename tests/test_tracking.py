@@ -181,13 +181,13 @@ def test_the_report_keeps_one_analysis_run_per_sweep(complete_cell, monkeypatch)
     for _ in range(2):
         report_main([str(sweep), "--formats", "png", "--wandb", "me/dllm-test", "--group", "s",
                      "--wandb-mode", "offline"])
-    runs = [inspect(run_dir, summary=False) for run_dir in offline_runs(sweep)]
+    runs = [inspect(run_dir, summary=False) for run_dir in offline_runs(sweep / "analysis")]
     assert len(runs) == 2
     for records in runs:
         (run,) = [r["run"] for r in records if r["type"] == "run"]
         assert run["run_id"] == analysis_run_id("dllm-test", "s") and run["resume"] is True
         assert (run["job_type"], run["display_name"], run["run_group"]) == ("analysis", "analysis · s", "s")
-    latest = inspect(offline_runs(sweep)[-1])
+    latest = inspect(offline_runs(sweep / "analysis")[-1])
     assert any(key.startswith("figures/pareto") for key in latest["summary"])
     assert "tables/frontier_speedup" in latest["summary"]
     assert analysis_run_id("dllm-test", "other") != analysis_run_id("dllm-test", "s")
