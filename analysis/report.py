@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aup import aup_table, default_pool
+from .aup import aup_board, aup_table, default_pool
 from .collect import collect
 from .figures import FORMATS, make_figures, padding_by_task, steps_per_block_table, with_methods
 from .pareto import frontier_table, plot_task
@@ -158,8 +158,11 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
     lines += [f"- {p}" for p in got.problems] or ["none"]
     lines += ["", "## Accuracy % / mean NFE per method and task", "", caption(cells, errors=False) if tasks else "",
               "", markdown_table(method_task_table(cells))]
-    if tasks and not trusted(cells).all():
-        lines += [f"{int((~trusted(cells)).sum())} cells have flagged timings: {UNTRUSTED_NOTE}", ""]
+    measured = cells["speedup"].notna() if tasks else pd.Series(dtype=bool)
+    if tasks and not trusted(cells)[measured].all():
+        lines += [f"{int((~trusted(cells)[measured]).sum())} cells have flagged timings: {UNTRUSTED_NOTE}", ""]
+    if tasks and not measured.all():
+        lines += [f"{int((~measured).sum())} cells have no measured speedup (no paired rounds: pair_rounds=0)", ""]
     lines += ["## Cells", ""]
     for task, table in cells_summary(cells).items():
         lines += [f"### {task}", "", markdown_table(table)]
@@ -169,7 +172,10 @@ def report_sweep(folder: str | Path, formats: Iterable[str] = FORMATS, pool: lis
         lines += [f"## Pareto frontier ({title})", "", markdown_table(frontiers[x])]
     lines += ["## AUP", "", f"comparison pool: {', '.join(pool) or DASH}", "",
               "AUP values are comparable only inside this pool (y_max is the pool's best accuracy on the task).",
-              "", markdown_table(aup)]
+              "", markdown_table(aup),
+              "### AUP board", "", "Methods ranked by AUP per task (rank in brackets) and overall: the mean over "
+              "the tasks of AUP relative to the task's best in the pool.", "",
+              markdown_table(aup_board(aup), floatfmt=".3f")]
     lines += ["## Paper tables", ""]
     lines += render_fitting(cells, LAYOUTS.values(), log=say) or ["no paper-table layout fits this sweep's cells", ""]
     lines += ["## Forwards", "", "### Forwards per decoded block (skipped blocks counted apart)", "",
