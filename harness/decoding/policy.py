@@ -57,10 +57,14 @@ class PolicyConfig:
             raise ConfigError(f"decoding.{knob} must be {rule}, got {getattr(self, knob)!r}")
 
 
+def hint_options(hint) -> tuple:
+    """The types a knob's annotation allows: (int,) for `int`, (float, NoneType) for `float | None`."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
 def _is_instance(value, hint) -> bool:
     """isinstance for the knob types a Config may use: int, float (an int is fine), bool, str, X | None."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for option in options:
+    for option in hint_options(hint):
         if option is type(None) and value is None:
             return True
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -71,7 +75,7 @@ def _is_instance(value, hint) -> bool:
 
 
 def _type_name(hint) -> str:
-    return " | ".join("None" if a is type(None) else a.__name__ for a in (typing.get_args(hint) or (hint,)))
+    return " | ".join("None" if a is type(None) else a.__name__ for a in hint_options(hint))
 
 
 POLICIES: dict[str, type[Policy]] = {}

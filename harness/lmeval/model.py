@@ -17,7 +17,6 @@ import functools
 import logging
 import math
 import statistics
-import types
 import typing
 from collections import defaultdict
 
@@ -28,6 +27,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from ..decoding import LOOP_SWITCHES, POLICIES, ConfigError, DecodeConfig, generate
+from ..decoding.policy import hint_options
 from ..decoding.engine import NonFiniteLogits
 from ..models import load_model
 from ..models.loading import model_folder
@@ -61,8 +61,7 @@ def typed(value, hint):
     look ("none" -> None, "1" -> 1, "0.9" -> 0.9) or not at all; a value that fits no option is returned as is,
     for the config's own check to name."""
     text = str(value).lower() if value is None or isinstance(value, bool) else str(value)
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for option in sorted(options, key=lambda o: o is not type(None)):  # "none" means None where None is allowed
+    for option in sorted(hint_options(hint), key=lambda o: o is not type(None)):  # "none" means None where None is allowed
         if option is type(None) and text.lower() == "none":
             return None
         if option is bool and text.lower() in ("true", "false", "1", "0"):

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..policy import ConfigError, Decision, Policy, PolicyConfig, register_policy
+from ..policy import Decision, Policy, PolicyConfig, register_policy
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,7 @@ class CreditDecoding(DInferDriver):
             self.require("boost_gamma", self.boost_gamma >= 0, ">= 0")
             self.require("decay_beta", 0 <= self.decay_beta <= 1, "in [0, 1]")
 
-    @classmethod
-    def check(cls, decoding):
-        if decoding.temperature > 0:
-            raise ConfigError(f"strategy 'credit' decodes greedily (temperature 0, as dInfer's benchmarks); "
-                              f"got temperature {decoding.temperature}")
+    greedy_only = True  # as dInfer's benchmarks; sampling would need the noise on the fused logits
 
     def begin(self, canvas, prompt_length):
         return Credit(**vars(super().begin(canvas, prompt_length)))
@@ -135,9 +131,9 @@ class CreditDecoding(DInferDriver):
         matrix = memory.matrix[rows, :width].masked_fill(new_block[:, None, None], 0.0)
         calls = memory.calls[rows].masked_fill(new_block, 0)
         matrix = torch.where((calls > 0)[:, None, None], matrix * knobs.decay_beta, matrix)
-        top_p, top_token = logits.softmax(-1).max(-1)
-        boost = top_p.pow(knobs.boost_gamma) * (state.masked & state.in_block)
-        matrix.scatter_add_(-1, top_token[..., None], boost[..., None])
+        # greedy: the step's prediction and confidence are the raw logits' float32 top-1 and its probability
+        boost = state.confidence.pow(knobs.boost_gamma) * (state.masked & state.in_block)
+        matrix.scatter_add_(-1, state.prediction[..., None], boost[..., None])
         memory.matrix[rows, :width], memory.calls[rows] = matrix, calls + 1
         memory.block[rows] = state.start + state.block_start
         return logits + knobs.credit_alpha * torch.log(matrix + 1)

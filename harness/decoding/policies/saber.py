@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..policy import Decision, Policy, PolicyConfig, greedy_confidence, register_policy, top_k
+from ..policy import Decision, Policy, PolicyConfig, register_policy, top_k
 
 MAX_FORWARDS = 1024  # the reference's loop bound per block
 
@@ -54,7 +54,7 @@ class Saber(Policy):
     def step(self, state):
         memory, rows, n = state.memory, state.rows, self.config.n
         width = state.masked.shape[1]
-        prediction, confidence = greedy_confidence(state.logits, torch.float32)
+        prediction, confidence = state.prediction, state.confidence  # greedy: float32 top-1 and its probability
         drift = (confidence - memory.previous[rows, :width]).clamp(max=torch.finfo(torch.float32).max)
         memory.previous[rows] = float("-inf")  # beyond the block's end: unseen, so it drifts +inf when first seen
         memory.previous[rows, :width] = confidence
