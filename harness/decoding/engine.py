@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..models.llada import KVCache
+from ..models.layers import KVCache
 from .config import DecodeConfig
 from .policy import ConfigError, Policy, StepState
 

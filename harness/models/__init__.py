@@ -1,6 +1,7 @@
 """Diffusion LMs behind one small interface: called as `model(input_ids, attention_mask, start=, cache=)` for
 logits, with `mask_token_id`, `eos_token_id`, `vocab_size`, `max_length`, `tokenizer`, `supports_cache`."""
-from .llada import KVCache, LLaDA, LLaDAConfig, random_llada
+from .layers import KVCache
+from .llada import LLaDA, LLaDAConfig, random_llada
 from .loading import load_model, save_llada
 from .masked_lm import MaskedLM
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import KVCache, RMSNorm, rotate_half
+
 # Architecture flags of the official checkpoints; any other value is a model this file does not implement.
 _REQUIRED_FLAGS = {
     "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
@@ -40,9 +42,15 @@ class LLaDAConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def max_length(self) -> int:
+        return self.max_sequence_length
+
     @classmethod
-    def from_json(cls, path: str | Path) -> LLaDAConfig:
-        raw = json.loads(Path(path).read_text())
+    def from_json(cls, path: str | Path, token_ids: dict | None = None) -> LLaDAConfig:
+        """From an official config.json; `token_ids` (mask/eos/pad ids read elsewhere, e.g. the tokenizer's)
+        fill keys the file lacks."""
+        raw = {**(token_ids or {}), **json.loads(Path(path).read_text())}
         for key, want in _REQUIRED_FLAGS.items():
             if key in raw and raw[key] != want:
                 raise ValueError(f"{path}: {key}={raw[key]!r} is not supported (LLaDA uses {want!r})")
@@ -83,56 +91,6 @@ class LLaDAConfig:
             "transformers_version": "4.46.3", "use_cache": False, "vocab_size": self.vocab_size,
             "weight_tying": False,
         }
-
-
-class KVCache:
-    """Per-layer keys and values of the whole canvas, as of the last full forward.
-
-    A full forward fills it; a forward over positions [start, start + n) writes their fresh K/V in place and
-    attends to everything cached, so the other positions are served from the last refresh (Fast-dLLM's
-    prefix and dual caches differ only in which range the engine recomputes).
-    """
-
-    def __init__(self) -> None:
-        self.keys: list[Tensor] = []
-        self.values: list[Tensor] = []
-
-    def __len__(self) -> int:  # cached sequence length
-        return self.keys[0].shape[2] if self.keys else 0
-
-    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if layer == len(self.keys):  # filling: a full forward over the canvas
-            self.keys.append(k)
-            self.values.append(v)
-            return k, v
-        end = start + k.shape[2]
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer], self.values[layer]
-
-    def select_rows(self, rows: Tensor) -> KVCache:
-        """A cache for a subset of the batch rows (rows that finished a block stop being fed)."""
-        out = KVCache()
-        out.keys = [k[rows] for k in self.keys]
-        out.values = [v[rows] for v in self.values]
-        return out
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = x.float()  # normalise in fp32 whatever the weights' dtype, as the reference does
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class Block(nn.Module):
@@ -180,6 +138,7 @@ class LLaDA(nn.Module):
     """The network behind `LLaDAModelLM`. Logits at position i predict token i (no shift)."""
 
     supports_cache = True
+    config_class = LLaDAConfig
 
     def __init__(self, cfg: LLaDAConfig, tokenizer=None):
         super().__init__()
@@ -192,8 +151,15 @@ class LLaDA(nn.Module):
             ln_f=RMSNorm(cfg.d_model, cfg.rms_norm_eps),
             ff_out=nn.Linear(cfg.d_model, cfg.vocab_size, bias=False),  # LM head, untied
         ))
-        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", torch.empty(cfg.head_dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Compute the non-persistent buffers (RoPE frequencies) on the weights' device (after a meta build)."""
+        cfg = self.config
+        device = self.model.transformer.wte.weight.device
+        self.inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32,
+                                                              device=device) / cfg.head_dim)
 
     # What the decoding engine needs from any model.
     @property
@@ -228,15 +194,10 @@ class LLaDA(nn.Module):
                 cache: KVCache | None = None, position_ids: Tensor | None = None) -> Tensor:
         """Logits for `input_ids`, which sit at positions [start, start + n) of the canvas.
 
-        attention_mask: [batch, keys] with 1 for keys to attend to: the inputs themselves, or with a filled
-        `cache` the whole cached canvas. An empty `cache` is filled by this (full) forward. Without a cache, a
-        [batch, queries, keys] mask and explicit `position_ids` ([n] or [batch, n]) feed any layout (e.g. WINO's
-        shadow block, which repeats the current block's positions).
+        attention_mask: [batch, keys] with 1 for keys to attend to (the inputs themselves, or with a filled `cache`
+        every cached key), or [batch, queries, keys] for any layout (WINO's shadow block, a block-causal mask).
+        An empty `cache` is filled by this forward. `position_ids` ([n] or [batch, n]) default to start..start+n-1.
         """
-        if cache is not None and len(cache) == 0 and start != 0:
-            raise ValueError("an empty KV cache is filled by a full forward starting at position 0")
-        if cache is not None and position_ids is not None:
-            raise ValueError("position_ids are for uncached forwards")
         key_mask = None
         if attention_mask is not None:
             mask = attention_mask.bool()

@@ -1,16 +1,23 @@
 """Load a diffusion LM from a local Hugging Face-format folder."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .llada import LLaDA, LLaDAConfig
+from .llada import LLaDA
 
 # Checkpoints shipped inside the package, loadable by name.
 NAMED_MODELS = {"tiny": Path(__file__).resolve().parents[1] / "assets" / "tiny-llada"}
+
+
+def native_models() -> dict[str, type[torch.nn.Module]]:
+    """config.json's `model_type` -> the native implementation that loads it (its `config_class.from_json`
+    reads the folder's config; `reset_buffers` rebuilds what a checkpoint does not store)."""
+    return {"llada": LLaDA}
 
 
 def model_folder(path: str | Path) -> Path:
@@ -67,9 +74,10 @@ def check_model_folder(path: str | Path) -> int | None:
     model's max sequence length, None when config.json does not say."""
     folder = model_folder(path)
     raw = read_json(folder / "config.json")
-    if raw.get("model_type") == "llada":
+    native = native_models().get(raw.get("model_type"))
+    if native is not None:
         files = _weight_files(folder)
-        max_length = LLaDAConfig.from_json(folder / "config.json").max_sequence_length
+        max_length = native.config_class.from_json(folder / "config.json", _PLACEHOLDER_IDS).max_length
     else:  # transformers also reads pytorch_model.bin; the safetensors headers are checked where present
         files = _weight_files(folder) if any(folder.glob("model.safetensors*")) else []
         max_length = raw.get("max_position_embeddings") or raw.get("max_sequence_length")
@@ -114,15 +122,34 @@ def load_state_dict_strict(model: torch.nn.Module, files: list[Path], dtype: tor
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def load_llada(folder: Path, dtype: torch.dtype, device) -> LLaDA:
-    cfg = LLaDAConfig.from_json(folder / "config.json")
+# Token ids a config.json may lack (LLaDA2 takes them as `generate` arguments): placeholders when only the
+# config's shape is checked, before any tokenizer loads.
+_PLACEHOLDER_IDS = {"mask_token_id": -1, "eos_token_id": -1}
+
+
+def special_token_ids(tokenizer, mask_token_id: int | None, eos_token_id: int | None) -> dict:
+    """The mask and EOS ids to fill into a config: explicit values first, else the folder's tokenizer's."""
+    ids = {"mask_token_id": mask_token_id, "eos_token_id": eos_token_id}
+    for key in ids:
+        if ids[key] is None and tokenizer is not None:
+            ids[key] = getattr(tokenizer, key, None)
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def load_native(cls: type[torch.nn.Module], folder: Path, dtype: torch.dtype, device, *,
+                mask_token_id: int | None = None, eos_token_id: int | None = None) -> torch.nn.Module:
+    """A native model from `folder`: config.json (explicit token ids override its own; the tokenizer's fill
+    what it lacks), weights strictly by name and shape, straight onto `device`."""
+    tokenizer = _load_tokenizer(folder)
+    explicit = {k: v for k, v in (("mask_token_id", mask_token_id), ("eos_token_id", eos_token_id)) if v is not None}
+    cfg = cls.config_class.from_json(folder / "config.json", special_token_ids(tokenizer, None, None))
+    if explicit:
+        cfg = dataclasses.replace(cfg, **explicit)
     with torch.device("meta"):
-        model = LLaDA(cfg)
+        model = cls(cfg)
     load_state_dict_strict(model, _weight_files(folder), dtype, device)
-    # Non-persistent buffers were created on meta; rebuild them on the target device.
-    model.inv_freq = (1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32,
-                                                               device=device) / cfg.head_dim))
-    model.tokenizer = _load_tokenizer(folder)
+    model.reset_buffers()  # non-persistent buffers were built on meta
+    model.tokenizer = tokenizer
     return model.eval().requires_grad_(False)
 
 
@@ -131,15 +158,17 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
                mask_token_id: int | None = None, eos_token_id: int | None = None):
     """Load a dLLM from a local folder, or a shipped one by name ("tiny": the embedded default).
 
-    A folder whose config.json says `model_type: llada` loads into the native LLaDA implementation (KV cache
-    supported); any other folder loads as a transformers masked LM (`AutoModelForMaskedLM`).
+    A folder whose config.json names a native `model_type` (see `native_models`) loads into that implementation
+    (KV cache supported); any other folder loads as a transformers masked LM (`AutoModelForMaskedLM`).
     """
     folder = model_folder(path)
     model_type = read_json(folder / "config.json").get("model_type")
-    if model_type == "llada":
+    native = native_models().get(model_type)
+    if native is not None:
         if shift_logits:
-            raise ValueError("shift_logits applies to masked-LM checkpoints such as Dream, not LLaDA")
-        return load_llada(folder, dtype, device)
+            raise ValueError(f"shift_logits applies to transformers masked LMs; the native {model_type} model "
+                             f"aligns its own logits")
+        return load_native(native, folder, dtype, device, mask_token_id=mask_token_id, eos_token_id=eos_token_id)
     from .masked_lm import MaskedLM
     return MaskedLM.from_folder(folder, dtype=dtype, device=device, shift_logits=shift_logits,
                                 trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
