@@ -9,6 +9,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .llada import LLaDA
+from .llada2 import LLaDA2
 
 # Checkpoints shipped inside the package, loadable by name.
 NAMED_MODELS = {"tiny": Path(__file__).resolve().parents[1] / "assets" / "tiny-llada"}
@@ -17,7 +18,7 @@ NAMED_MODELS = {"tiny": Path(__file__).resolve().parents[1] / "assets" / "tiny-l
 def native_models() -> dict[str, type[torch.nn.Module]]:
     """config.json's `model_type` -> the native implementation that loads it (its `config_class.from_json`
     reads the folder's config; `reset_buffers` rebuilds what a checkpoint does not store)."""
-    return {"llada": LLaDA}
+    return {"llada": LLaDA, "llada2_moe": LLaDA2}
 
 
 def model_folder(path: str | Path) -> Path:
@@ -101,9 +102,10 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool = False):
 
 
 def load_state_dict_strict(model: torch.nn.Module, files: list[Path], dtype: torch.dtype, device) -> None:
-    """Assign checkpoint tensors to `model` by name; any missing, unexpected or mis-shaped tensor is an error
-    that names it. Tensors are read straight onto `device`, so an 8B model never needs a CPU copy."""
-    expected = {name: p.shape for name, p in model.named_parameters()}
+    """Assign checkpoint tensors to `model` by name (its parameters and persistent buffers, e.g. LLaDA2's
+    `expert_bias`); any missing, unexpected or mis-shaped tensor is an error that names it. Tensors are read
+    straight onto `device`, so an 8B model never needs a CPU copy."""
+    expected = {name: t.shape for name, t in model.state_dict().items()}
     state = {}
     for file in files:
         with open_safetensors(file, device) as f:
@@ -138,11 +140,11 @@ def special_token_ids(tokenizer, mask_token_id: int | None, eos_token_id: int | 
 
 def load_native(cls: type[torch.nn.Module], folder: Path, dtype: torch.dtype, device, *,
                 mask_token_id: int | None = None, eos_token_id: int | None = None) -> torch.nn.Module:
-    """A native model from `folder`: config.json (explicit token ids override its own; the tokenizer's fill
-    what it lacks), weights strictly by name and shape, straight onto `device`."""
+    """A native model from `folder`: config.json (explicit token ids override its own; they, else the
+    tokenizer's, fill what it lacks), weights strictly by name and shape, straight onto `device`."""
     tokenizer = _load_tokenizer(folder)
     explicit = {k: v for k, v in (("mask_token_id", mask_token_id), ("eos_token_id", eos_token_id)) if v is not None}
-    cfg = cls.config_class.from_json(folder / "config.json", special_token_ids(tokenizer, None, None))
+    cfg = cls.config_class.from_json(folder / "config.json", special_token_ids(tokenizer, mask_token_id, eos_token_id))
     if explicit:
         cfg = dataclasses.replace(cfg, **explicit)
     with torch.device("meta"):
