@@ -1,8 +1,11 @@
-"""Pieces every native dLLM shares: RMSNorm in fp32, half-split RoPE, and the KV cache the engine hands to a
-forward."""
+"""Pieces every native dLLM shares: what the engine reads from a model (`NativeLM`), RMSNorm in fp32, half-split
+RoPE, bidirectional grouped-query attention, and the KV cache the engine hands to a forward."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -66,3 +69,95 @@ class RMSNorm(nn.Module):
 def rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    cos, sin = rope
+    return x * cos + rotate_half(x) * sin
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, cache: KVCache | None, layer: int,
+           start: int) -> Tensor:
+    """Bidirectional attention (no causal mask: only `key_mask` hides keys) of q [batch, heads, n, head_dim] over
+    k, v, or over every cached key once k, v are stored at positions [start, start + n). A K/V head serves
+    consecutive query heads (query head h reads K/V head h // group, as HF's `repeat_kv`)."""
+    if cache is not None:
+        k, v = cache.update(layer, start, k, v)
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+
+
+def sdpa_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """A [batch, keys] or [batch, queries, keys] mask (True/1: may attend) as SDPA's bool mask over the heads."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask.bool()
+    return mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
+
+
+class NativeLM(nn.Module):
+    """Base of the native models: what the decoding engine reads (from `self.config`: mask/eos ids, vocabulary
+    size, max length) and the RoPE tables (from its `rope_theta` and `head_dim`)."""
+
+    supports_cache = True
+    block_diffusion = False  # a bidirectional canvas
+
+    def reset_buffers(self) -> None:
+        """Compute the non-persistent buffers (RoPE frequencies) on the weights' device (after a meta build)."""
+        cfg = self.config
+        exponents = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=self.device) / cfg.head_dim
+        self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** exponents, persistent=False)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.mask_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.config.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """fp32 cos, sin for token positions ([n] shared by the batch, or [batch, n])."""
+        angles = positions.to(self.inv_freq.device, torch.float32)[..., None] * self.inv_freq
+        angles = torch.cat((angles, angles), dim=-1)
+        if angles.dim() == 3:  # per row: broadcast over the heads
+            angles = angles[:, None]
+        return angles.cos(), angles.sin()
+
+
+def seeded_random(build: Callable[[], nn.Module], seed: int, dtype: torch.dtype,
+                  device: str | torch.device) -> nn.Module:
+    """The model `build()` makes on `device`, with seeded random weights drawn in sorted-name order: norm
+    weights near 1, biases N(0, 0.25), embeddings N(0, 1), other weights N(0, 1/fan_in) (tests, benchmarks,
+    the start of training). Non-unit norms and non-zero biases make a loader that drops or swaps them fail."""
+    with torch.device(device):
+        model = build()
+        generator = torch.Generator(device=device).manual_seed(seed)
+    embeddings = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            noise = torch.randn(p.shape, generator=generator, device=p.device)
+            if name.endswith(".bias"):
+                p.copy_(0.5 * noise)
+            elif p.dim() == 1:
+                p.copy_(1 + 0.2 * noise)
+            elif name in embeddings:
+                p.copy_(noise)
+            else:
+                p.copy_(noise / p.shape[1] ** 0.5)
+            p.data = p.data.to(dtype)
+    return model.eval().requires_grad_(False)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import KVCache, RMSNorm, rotate_half
+from .layers import KVCache, NativeLM, RMSNorm, apply_rope, attend, sdpa_mask, seeded_random
 
 # Architecture flags of the official checkpoints; any other value is a model this file does not implement.
 _REQUIRED_FLAGS = {
@@ -116,16 +116,9 @@ class Block(nn.Module):
         q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = rope  # RoPE in full precision (rope_full_precision=true)
-        q = (q.float() * cos + rotate_half(q.float()) * sin).to(h.dtype)
-        k = (k.float() * cos + rotate_half(k.float()) * sin).to(h.dtype)
-        if cache is not None:
-            k, v = cache.update(layer, start, k, v)
-        if self.n_kv_heads != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        # Bidirectional: no causal mask, only padding / cut-off keys are hidden.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        # RoPE in full precision (rope_full_precision=true)
+        q, k = apply_rope(q.float(), rope).to(h.dtype), apply_rope(k.float(), rope).to(h.dtype)
+        out = attend(q, k, v, key_mask, cache, layer, start)
         return self.attn_out(out.transpose(1, 2).reshape(b, t, -1))
 
     def forward(self, x, rope, key_mask, cache, layer, start):
@@ -134,10 +127,9 @@ class Block(nn.Module):
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
 
-class LLaDA(nn.Module):
+class LLaDA(NativeLM):
     """The network behind `LLaDAModelLM`. Logits at position i predict token i (no shift)."""
 
-    supports_cache = True
     config_class = LLaDAConfig
 
     def __init__(self, cfg: LLaDAConfig, tokenizer=None):
@@ -151,44 +143,7 @@ class LLaDA(nn.Module):
             ln_f=RMSNorm(cfg.d_model, cfg.rms_norm_eps),
             ff_out=nn.Linear(cfg.d_model, cfg.vocab_size, bias=False),  # LM head, untied
         ))
-        self.register_buffer("inv_freq", torch.empty(cfg.head_dim // 2), persistent=False)
         self.reset_buffers()
-
-    def reset_buffers(self) -> None:
-        """Compute the non-persistent buffers (RoPE frequencies) on the weights' device (after a meta build)."""
-        cfg = self.config
-        device = self.model.transformer.wte.weight.device
-        self.inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32,
-                                                              device=device) / cfg.head_dim)
-
-    # What the decoding engine needs from any model.
-    @property
-    def mask_token_id(self) -> int:
-        return self.config.mask_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.config.eos_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def max_length(self) -> int:
-        return self.config.max_sequence_length
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.transformer.wte.weight.device
-
-    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos, sin for token positions ([n] shared by the batch, or [batch, n])."""
-        angles = positions.to(self.inv_freq.device, torch.float32)[..., None] * self.inv_freq
-        angles = torch.cat((angles, angles), dim=-1)
-        if angles.dim() == 3:  # per row: broadcast over the heads
-            angles = angles[:, None]
-        return angles.cos(), angles.sin()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, start: int = 0,
                 cache: KVCache | None = None, position_ids: Tensor | None = None) -> Tensor:
@@ -198,10 +153,7 @@ class LLaDA(nn.Module):
         every cached key), or [batch, queries, keys] for any layout (WINO's shadow block, a block-causal mask).
         An empty `cache` is filled by this forward. `position_ids` ([n] or [batch, n]) default to start..start+n-1.
         """
-        key_mask = None
-        if attention_mask is not None:
-            mask = attention_mask.bool()
-            key_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
+        key_mask = sdpa_mask(attention_mask)
         tr = self.model.transformer
         x = tr.wte(input_ids)
         if position_ids is None:
@@ -214,19 +166,5 @@ class LLaDA(nn.Module):
 
 def random_llada(cfg: LLaDAConfig, seed: int = 0, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> LLaDA:
-    """A LLaDA with seeded random weights (tests, benchmarks, the start of training), built on `device`:
-    norm weights near 1, embeddings N(0, 1), linear weights N(0, 1/fan_in)."""
-    with torch.device(device):
-        model = LLaDA(cfg)
-        generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            noise = torch.randn(p.shape, generator=generator, device=p.device)
-            if p.dim() == 1:
-                p.copy_(1 + 0.2 * noise)
-            elif name.endswith("wte.weight"):
-                p.copy_(noise)
-            else:
-                p.copy_(noise / p.shape[1] ** 0.5)
-            p.data = p.data.to(dtype)
-    return model.eval().requires_grad_(False)
+    """A LLaDA with seeded random weights (`seeded_random`), built on `device`."""
+    return seeded_random(lambda: LLaDA(cfg), seed, dtype, device)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .dream import Dream
 from .llada import LLaDA
 from .llada2 import LLaDA2
 
@@ -18,7 +19,7 @@ NAMED_MODELS = {"tiny": Path(__file__).resolve().parents[1] / "assets" / "tiny-l
 def native_models() -> dict[str, type[torch.nn.Module]]:
     """config.json's `model_type` -> the native implementation that loads it (its `config_class.from_json`
     reads the folder's config; `reset_buffers` rebuilds what a checkpoint does not store)."""
-    return {"llada": LLaDA, "llada2_moe": LLaDA2}
+    return {"llada": LLaDA, "Dream": Dream, "llada2_moe": LLaDA2}
 
 
 def model_folder(path: str | Path) -> Path:
