@@ -153,9 +153,13 @@ def test_cached_span_forward_matches_full_forward(dream, expected, padded, mode,
     s, e = 16, 24 if mode == "dual" else ids.shape[1]
     span = dream.next_token_logits(ids[:, s:e], mask, start=s, cache=cache)
     torch.testing.assert_close(span, full[:, s:e], **TOL)
-    # the shift stays within the fed span, as in Fast-dLLM's Dream cache code
+    # aligned, the span's first position is predicted from the one before it (a read-only query), as uncached
     aligned = dream(ids[:, s:e], mask, start=s, cache=cache)
-    torch.testing.assert_close(aligned, torch.cat([span[:, :1], span[:, :-1]], 1), atol=0, rtol=0)
+    torch.testing.assert_close(aligned, full[:, s - 1:e - 1], **TOL)
+    torch.testing.assert_close(aligned[:, 1:], span[:, :-1], atol=0, rtol=0)  # the other rows: Fast-dLLM's
+    after = [k.clone() for k in cache.keys]
+    dream(ids[:, s:e], mask, start=s, cache=cache)
+    assert all(torch.equal(a[:, :, :s], k[:, :, :s]) for a, k in zip(after, cache.keys))  # the query wrote nothing
 
 
 def test_cached_forwards_take_positions_from_the_key_mask(dream, padded, monkeypatch):
@@ -168,7 +172,7 @@ def test_cached_forwards_take_positions_from_the_key_mask(dream, padded, monkeyp
     cache = KVCache()
     dream(ids, mask, cache=cache)
     dream(ids[:, 16:24], mask, start=16, cache=cache)
-    assert torch.equal(seen[0], padded["position_ids"]) and torch.equal(seen[1], padded["position_ids"][:, 16:24])
+    assert torch.equal(seen[0], padded["position_ids"]) and torch.equal(seen[1], padded["position_ids"][:, 15:24])
 
 
 G, B = 32, 8  # the fixture model's max length is 128

@@ -5,9 +5,14 @@ Parameter names follow the official checkpoint (`model.layers.{i}.self_attn.q_pr
 
 Dream keeps the autoregressive alignment of its Qwen initialisation: the network's output at position i
 predicts token i+1. The forward realigns it within the fed span (`out[0] = raw[0]`, `out[i] = raw[i-1]`), as
-every Dream sampler does, so that logits at i are the prediction for token i like every other model's. With a
-cache the span starts at the block, so its first row is its own raw output, exactly as in Fast-dLLM's Dream
-cache code; Fast-dLLM commits the block's first position at the refresh, so that row is never read there.
+every Dream sampler does, so that logits at i are the prediction for token i like every other model's.
+
+A cached forward of the span [start, end) also runs the position before it as a read-only query (its cached K/V
+stay as they are), so the span's first position is predicted from its left neighbour like every other one.
+Fast-dLLM's Dream cache code shifts within the fed span instead and hands that position its own output row; it
+commits the block's first position at the refresh, so it never reads that row, and every other row is the same
+here: the extra query writes nothing that another query reads. Rules that do read it (all but Fast-dLLM's) get
+Dream's real prediction.
 """
 from __future__ import annotations
 
@@ -86,13 +91,15 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
 
     def forward(self, h: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None, cache: KVCache | None,
-                layer: int, start: int) -> Tensor:
+                layer: int, start: int, read_only: int = 0) -> Tensor:
+        """`read_only` leading inputs are queries only: their keys and values come from the cache."""
         b, t, _ = h.shape
         q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(h[:, read_only:]).view(b, t - read_only, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h[:, read_only:]).view(b, t - read_only, self.n_kv_heads, self.head_dim).transpose(1, 2)
         rope = tuple(r.to(h.dtype) for r in rope)  # the reference rotates in the weights' dtype
-        out = attend(apply_rope(q, rope), apply_rope(k, rope), v, key_mask, cache, layer, start)
+        k_rope = tuple(r[..., read_only:, :] for r in rope)
+        out = attend(apply_rope(q, rope), apply_rope(k, k_rope), v, key_mask, cache, layer, start + read_only)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -117,8 +124,8 @@ class Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope, key_mask, cache, layer, start):
-        x = x + self.self_attn(self.input_layernorm(x), rope, key_mask, cache, layer, start)
+    def forward(self, x, rope, key_mask, cache, layer, start, read_only=0):
+        x = x + self.self_attn(self.input_layernorm(x), rope, key_mask, cache, layer, start, read_only)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -154,20 +161,33 @@ class Dream(NativeLM):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, start: int = 0,
                 cache: KVCache | None = None, position_ids: Tensor | None = None) -> Tensor:
-        """Logits aligned for the engine (row i predicts token i): `next_token_logits` shifted by one within the
-        fed span, its first row repeated (Dream's samplers' `cat([raw[:, :1], raw[:, :-1]])`)."""
-        raw = self.next_token_logits(input_ids, attention_mask, start=start, cache=cache, position_ids=position_ids)
-        return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+        """Logits aligned for the engine (row i predicts token i): `next_token_logits` shifted by one. From
+        position 0 the first row is repeated (Dream's samplers' `cat([raw[:, :1], raw[:, :-1]])`; position 0 is
+        prompt); a cached span also feeds the position before it as a read-only query (module docstring)."""
+        if cache is None or start == 0:
+            raw = self.next_token_logits(input_ids, attention_mask, start=start, cache=cache,
+                                         position_ids=position_ids)
+            return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+        before = cache.inputs[:, start - 1:start]
+        if attention_mask is not None and attention_mask.dim() == 3:  # its query row: the span's first one's
+            attention_mask = torch.cat([attention_mask[:, :1], attention_mask], 1)
+        if position_ids is not None:
+            position_ids = torch.cat([position_ids[..., :1] - 1, position_ids], -1)
+        raw = self.next_token_logits(torch.cat([before, input_ids], 1), attention_mask, start=start - 1,
+                                     cache=cache, position_ids=position_ids, read_only=1)
+        return raw[:, :-1]
 
     def next_token_logits(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, start: int = 0,
-                          cache: KVCache | None = None, position_ids: Tensor | None = None) -> Tensor:
+                          cache: KVCache | None = None, position_ids: Tensor | None = None,
+                          read_only: int = 0) -> Tensor:
         """The network's own output for `input_ids`, which sit at positions [start, start + n) of the canvas:
         row i predicts token i + 1 (the reference's `logits`).
 
         attention_mask: [batch, keys] with 1 for keys to attend to (the inputs themselves, or with a `cache`
         every cached key from position 0), or [batch, queries, keys], used as given. An empty `cache` is
         filled by this forward. `position_ids` ([n] or [batch, n]) default to Dream's padding convention under
-        a [batch, keys] mask, else start..start+n-1.
+        a [batch, keys] mask, else start..start+n-1. The `read_only` leading inputs are queries only: the cache
+        serves their keys and values, and keeps them.
         """
         n = input_ids.shape[1]
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
@@ -176,8 +196,14 @@ class Dream(NativeLM):
             position_ids = torch.arange(start, start + n, device=self.inv_freq.device)
         rope, key_mask = self.rope(position_ids), sdpa_mask(attention_mask)
         x = self.model.embed_tokens(input_ids)
+        if cache is not None:  # the canvas's tokens, for the read-only query of a later cached span
+            fed = input_ids[:, read_only:]
+            if len(cache) == 0:
+                cache.inputs = fed.clone()
+            else:
+                cache.inputs[:, start + read_only:start + n] = fed
         for layer, block in enumerate(self.model.layers):
-            x = block(x, rope, key_mask, cache, layer, start)
+            x = block(x, rope, key_mask, cache, layer, start, read_only)
         return self.lm_head(self.model.norm(x))
 
 

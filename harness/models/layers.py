@@ -22,6 +22,7 @@ class KVCache:
     def __init__(self) -> None:
         self.keys: list[Tensor] = []
         self.values: list[Tensor] = []
+        self.inputs: Tensor | None = None  # [batch, len] token ids last fed, where a model keeps them (Dream)
 
     def __len__(self) -> int:  # cached sequence length
         return self.keys[0].shape[2] if self.keys else 0
@@ -51,6 +52,7 @@ class KVCache:
         out = KVCache()
         out.keys = [k[rows] for k in self.keys]
         out.values = [v[rows] for v in self.values]
+        out.inputs = None if self.inputs is None else self.inputs[rows]
         return out
 
 
