@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .models.llada2 import LLaDA2Config, SwiGLU, fill_random, random_moe_layer
+from .models.layers import SwiGLU, fill_random
+from .models.llada2 import LLaDA2Config, random_moe_layer
 
 
 @torch.no_grad()

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import KVCache, NativeLM, RMSNorm, apply_rope, attend, sdpa_mask, seeded_random
+from .layers import KVCache, NativeLM, RMSNorm, SwiGLU, apply_rope, attend, sdpa_mask, seeded_random
 
 # Qwen2 options and the only value this file implements (the official checkpoint's); another is refused.
 _UNSUPPORTED = {
@@ -103,17 +102,6 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)  # SiLU branch
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
-
-
 class Layer(nn.Module):
     """Pre-norm Qwen2 decoder layer; attribute names are the checkpoint's."""
 
@@ -122,7 +110,7 @@ class Layer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x, rope, key_mask, cache, layer, start, read_only=0):
         x = x + self.self_attn(self.input_layernorm(x), rope, key_mask, cache, layer, start, read_only)

@@ -99,6 +99,19 @@ def sdpa_mask(attention_mask: Tensor | None) -> Tensor | None:
     return mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
 
 
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), with the Hugging Face names (Dream's MLP, LLaDA2's dense FFN and experts)."""
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, width, bias=False)  # the SiLU branch
+        self.up_proj = nn.Linear(dim, width, bias=False)
+        self.down_proj = nn.Linear(width, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
 class NativeLM(nn.Module):
     """Base of the native models: what the decoding engine reads (from `self.config`: mask/eos ids, vocabulary
     size, max length) and the RoPE tables (from its `rope_theta` and `head_dim`)."""
@@ -141,25 +154,36 @@ class NativeLM(nn.Module):
         return angles.cos(), angles.sin()
 
 
+def fill_random(module: nn.Module, seed: int, dtype: torch.dtype, device: str | torch.device) -> nn.Module:
+    """Give `module` (built on meta or anywhere) seeded random weights on `device`, one tensor at a time in
+    sorted-name order (parameters and persistent buffers): norm weights 1 + 0.2·N(0, 1), biases 0.5·N(0, 1), a
+    router's `expert_bias` 0.1·N(0, 1), embeddings N(0, 1), other weights N(0, 1/fan_in) — the golden fixtures'
+    scheme. Non-unit norms and non-zero biases make a loader that drops or swaps them fail."""
+    embeddings = {f"{name}.weight" for name, m in module.named_modules() if isinstance(m, nn.Embedding)}
+    generator = torch.Generator(device=device).manual_seed(seed)
+    state = {}
+    for name, tensor in sorted(module.state_dict().items()):
+        noise = torch.randn(tensor.shape, generator=generator, device=device)
+        if name.endswith("expert_bias"):
+            noise = 0.1 * noise
+        elif name.endswith(".bias"):
+            noise = 0.5 * noise
+        elif tensor.dim() == 1:
+            noise = 1 + 0.2 * noise
+        elif name not in embeddings:
+            noise = noise / tensor.shape[1] ** 0.5
+        state[name] = noise.to(dtype)
+    module.load_state_dict(state, strict=True, assign=True)
+    return module
+
+
 def seeded_random(build: Callable[[], nn.Module], seed: int, dtype: torch.dtype,
                   device: str | torch.device) -> nn.Module:
-    """The model `build()` makes on `device`, with seeded random weights drawn in sorted-name order: norm
-    weights near 1, biases N(0, 0.25), embeddings N(0, 1), other weights N(0, 1/fan_in) (tests, benchmarks,
-    the start of training). Non-unit norms and non-zero biases make a loader that drops or swaps them fail."""
-    with torch.device(device):
+    """The model `build()` makes, with `fill_random`'s weights, built straight on `device` (tests, benchmarks,
+    the start of training): an 8B shape never needs a CPU copy."""
+    with torch.device("meta"):
         model = build()
-        generator = torch.Generator(device=device).manual_seed(seed)
-    embeddings = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            noise = torch.randn(p.shape, generator=generator, device=p.device)
-            if name.endswith(".bias"):
-                p.copy_(0.5 * noise)
-            elif p.dim() == 1:
-                p.copy_(1 + 0.2 * noise)
-            elif name in embeddings:
-                p.copy_(noise)
-            else:
-                p.copy_(noise / p.shape[1] ** 0.5)
-            p.data = p.data.to(dtype)
+    fill_random(model, seed, dtype, device)
+    if hasattr(model, "reset_buffers"):
+        model.reset_buffers()  # non-persistent buffers were built on meta
     return model.eval().requires_grad_(False)

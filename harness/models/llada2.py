@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import KVCache, RMSNorm, rotate_half
+from .layers import KVCache, NativeLM, RMSNorm, SwiGLU, attend, fill_random, rotate_half, sdpa_mask, seeded_random
 
 # config.json values naming behaviour the reference code hard-codes; any other value is a model this file
 # does not implement.
@@ -120,19 +120,6 @@ class LLaDA2Config:
             raise ValueError(f"{path}: {err}") from None
 
 
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)): the dense FFN, each routed expert and the shared expert."""
-
-    def __init__(self, dim: int, width: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, width, bias=False)
-        self.up_proj = nn.Linear(dim, width, bias=False)
-        self.down_proj = nn.Linear(width, dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class Router(nn.Module):
     """`mlp.gate`: which experts each token uses, and with what weight, computed in fp32.
 
@@ -223,12 +210,7 @@ class Attention(nn.Module):
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
         q = apply_partial_rope(self.query_layernorm(q), *rope)
         k = apply_partial_rope(self.key_layernorm(k), *rope)
-        if cache is not None:
-            k, v = cache.update(layer, start, k, v)
-        if self.n_kv_heads != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask, cache, layer, start)
         return self.dense(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -248,14 +230,13 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class LLaDA2(nn.Module):
+class LLaDA2(NativeLM):
     """The network behind `LLaDA2MoeModelLM`. Logits at position i predict token i (no shift).
 
     `block_diffusion`: the engine decodes it block by block under a block-causal mask (query i sees key j iff
     j // B <= i // B), so the K/V of finished blocks are final and cached.
     """
 
-    supports_cache = True
     block_diffusion = True
     config_class = LLaDA2Config
 
@@ -277,27 +258,6 @@ class LLaDA2(nn.Module):
         steps = torch.arange(0, width, 2, dtype=torch.float32, device=self.device)
         self.inv_freq = 1.0 / self.config.rope_theta ** (steps / width)
 
-    # What the decoding engine needs from any model.
-    @property
-    def mask_token_id(self) -> int:
-        return self.config.mask_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.config.eos_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def max_length(self) -> int:
-        return self.config.max_length
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.word_embeddings.weight.device
-
     def rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos, sin [.., n, rotary_dim] for positions [n] or [batch, n]: computed in fp32, then cast to the
         activations' dtype as the reference does."""
@@ -316,10 +276,7 @@ class LLaDA2(nn.Module):
         `cache` every cached position after this forward's update. `position_ids` ([n] or [batch, n]) default
         to start..start+n-1.
         """
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask.bool()
-            mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
+        mask = sdpa_mask(attention_mask)
         x = self.model.word_embeddings(input_ids)
         if position_ids is None:
             position_ids = torch.arange(start, start + input_ids.shape[1], device=self.inv_freq.device)
@@ -367,32 +324,10 @@ def llada2_config(shape: str, **overrides) -> LLaDA2Config:
     return dataclasses.replace(LLADA2_SHAPES[shape], **overrides)
 
 
-def fill_random(module: nn.Module, seed: int, dtype: torch.dtype, device: str | torch.device) -> nn.Module:
-    """Give a (meta-built) module seeded random weights on `device`, one tensor at a time in name order: norm
-    weights 1 + 0.2·N(0, 1), embeddings N(0, 1), `expert_bias` 0.1·N(0, 1), linear weights N(0, 1/fan_in)
-    (the llada2_tiny fixture's scheme)."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    state = {}
-    for name, tensor in sorted(module.state_dict().items()):
-        noise = torch.randn(tensor.shape, generator=generator, device=device)
-        if name.endswith("expert_bias"):
-            noise = 0.1 * noise
-        elif tensor.dim() == 1:
-            noise = 1 + 0.2 * noise
-        elif not name.endswith("word_embeddings.weight"):
-            noise = noise / tensor.shape[1] ** 0.5
-        state[name] = noise.to(dtype)
-    module.load_state_dict(state, strict=True, assign=True)
-    return module
-
-
 def random_llada2(cfg: LLaDA2Config, seed: int = 0, dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu") -> LLaDA2:
-    """A LLaDA2 with seeded random weights (tests, benchmarks), built straight on `device` in `dtype`."""
-    with torch.device("meta"):
-        model = LLaDA2(cfg)
-    fill_random(model, seed, dtype, device).reset_buffers()
-    return model.eval().requires_grad_(False)
+    """A LLaDA2 with seeded random weights (`seeded_random`: the llada2_tiny fixture's scheme), built on `device`."""
+    return seeded_random(lambda: LLaDA2(cfg), seed, dtype, device)
 
 
 def random_moe_layer(cfg: LLaDA2Config, seed: int = 0, dtype: torch.dtype = torch.float32,

@@ -133,9 +133,8 @@ _PLACEHOLDER_IDS = {"mask_token_id": -1, "eos_token_id": -1}
 def special_token_ids(tokenizer, mask_token_id: int | None, eos_token_id: int | None) -> dict:
     """The mask and EOS ids to fill into a config: explicit values first, else the folder's tokenizer's."""
     ids = {"mask_token_id": mask_token_id, "eos_token_id": eos_token_id}
-    for key in ids:
-        if ids[key] is None and tokenizer is not None:
-            ids[key] = getattr(tokenizer, key, None)
+    if tokenizer is not None:
+        ids = {key: getattr(tokenizer, key, None) if value is None else value for key, value in ids.items()}
     return {k: v for k, v in ids.items() if v is not None}
 
 
