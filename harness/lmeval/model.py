@@ -137,7 +137,7 @@ def request_config(config: DecodeConfig, fixed_gen_length: int | None, gen_kwarg
 
 @register_model("dllm")
 class DLLM(LM):
-    """Any model `load_model` reads (a LLaDA folder, "tiny", an AutoModelForMaskedLM folder) or an already
+    """Any model `load_model` reads (a LLaDA, Dream or LLaDA2 folder, "tiny", an AutoModelForMaskedLM folder) or an already
     loaded one, decoded by the harness engine. Decoding settings are `DecodeConfig` fields, given as a
     `decoding` object or as flat keyword arguments (lm-eval's `model_args`). An explicit `gen_length` is the
     generation length of every request; without one, each request's `max_gen_toks` (lm-eval's default 256)
@@ -146,8 +146,8 @@ class DLLM(LM):
     def __init__(self, model="tiny", decoding: DecodeConfig | dict | None = None, *, batch_size=1,
                  chat_template: bool | None = None, raw_prompt_tasks=("humaneval",), warmup: int = 1,
                  mc_num: int = 128, mc_batch_size: int = 32, dtype: str | None = None, device: str | None = None,
-                 shift_logits: bool = False, trust_remote_code: bool = False, trace: bool = False,
-                 max_batch_size=None, **decoding_fields):
+                 shift_logits: bool = False, trust_remote_code: bool = False, mask_token_id: int | None = None,
+                 eos_token_id: int | None = None, trace: bool = False, max_batch_size=None, **decoding_fields):
         super().__init__()
         if isinstance(decoding, DecodeConfig):
             decoding = decoding.to_dict()
@@ -170,7 +170,8 @@ class DLLM(LM):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
                 raise ConfigError(f"dtype={dtype}: not a torch dtype (float32, bfloat16, float16)")
             model = load_model(model, dtype=getattr(torch, dtype), device=device, shift_logits=shift_logits,
-                               trust_remote_code=trust_remote_code)
+                               trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
+                               eos_token_id=eos_token_id)
         self.model, self.tokenizer = model, model.tokenizer
         self.chat_template = (getattr(self.tokenizer, "chat_template", None) is not None
                               if chat_template is None else bool(chat_template))
@@ -243,6 +244,9 @@ class DLLM(LM):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """LLaDA's Monte-Carlo estimate of log p(continuation | context). The greedy flag is not computed
         (LLaDA recommends skipping its check) and is always False."""
+        if getattr(self.model, "block_diffusion", False):  # its estimate would need the block-causal mask
+            raise NotImplementedError(f"{type(self.model).__name__} decodes by block diffusion; dllm estimates "
+                                      f"log-likelihoods for bidirectional models only: use generate_until tasks")
         results = []
         for request in tqdm(requests, desc="dllm loglikelihood", disable=disable_tqdm):
             context, continuation = request.args
