@@ -83,19 +83,23 @@ def get_model(model_cfg: dict, device: str):
 def check_cell(settings: dict) -> dict:
     """Every check that reads no weight, so that a bad cell fails in seconds, not after minutes of loading:
     run settings, decoding values, task name, data rows, metric and code opt-ins, the model folder (config.json,
-    safetensors headers) against the generation length, the learned filter's file and block length. Returns
-    the lm-eval task objects."""
+    safetensors headers) against the generation length, a block-diffusion model's refusals, the learned filter's
+    file and block length. Returns the lm-eval task objects."""
+    from .decoding.policy import check_block_diffusion
     from .learn2pd.filter import load_filter
     from .lmeval import build_tasks
     from .lmeval.model import decode_config, request_config
     from .lmeval.tasks import check_metric
-    from .models.loading import check_model_folder
+    from .models.loading import check_model_folder, model_folder, native_models, read_json
     check_run_settings(settings)
     decoding, fixed_gen_length = decode_config(settings["decoding"])
     task = settings["task"]
     tasks = build_tasks([task["name"]], task["data_dir"], task["num_fewshot"], task["unsafe_code"])
     check_metric(tasks[task["name"]], task["metric"])
     max_length = check_model_folder(settings["model"]["path"])
+    native = native_models().get(read_json(model_folder(settings["model"]["path"]) / "config.json").get("model_type"))
+    if getattr(native, "block_diffusion", False):  # LLaDA2: block-causal, no rule that reads past the block
+        check_block_diffusion(decoding)
     for lm_task in tasks.values():
         if lm_task.OUTPUT_TYPE == "generate_until":
             request_config(decoding, fixed_gen_length, lm_task.config.generation_kwargs or {}, max_length)

@@ -82,6 +82,8 @@ RANGE_CASES = [
     ("klass", "conf_threshold", 1.5, r"in \[0, 1\]"), ("klass", "kl_history_length", 0, ">= 1"),
     ("prophet", "late_threshold", -1.0, ">= 0"), ("prophet", "answer_start", -1, ">= 0"),
     ("slow_fast", "k_exploration_steps", 0, ">= 1"), ("slow_fast", "high_confidence_threshold", 1.5, r"in \[0, 1\]"),
+    ("llada2_threshold", "threshold", 1.5, r"in \[0, 1\]"), ("llada2_threshold", "steps", 0, ">= 1"),
+    ("llada2_threshold", "minimal_topk", 0, ">= 1"),
 ]
 
 

@@ -11,6 +11,12 @@
 
 EoTP and the KV cache are switches of this one loop; a policy only decides positions (its hooks in
 harness/decoding/policy.py widen the window, keep memory, or change what the model is fed).
+
+Block diffusion (a model with `block_diffusion = True`, LLaDA2) is a mode of the same loop: blocks are counted
+from each row's first real token (block(t) = t // B), so the first decoded block may hold the prompt tail and the
+canvas runs to the end of the last block; every forward gets the block-causal mask (a query sees the keys of its
+own and earlier blocks) and is fed only up to the current block's end. Its prefix cache is therefore exact: a
+block's first forward also rewrites the previous block with its final tokens, later ones feed the block only.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from torch import Tensor
 
 from ..models.layers import KVCache
 from .config import DecodeConfig
-from .policy import ConfigError, Policy, StepState
+from .policy import ConfigError, Policy, StepState, check_block_diffusion
 
 
 @dataclass
@@ -31,10 +37,12 @@ class Trace:
 
     One entry per (row, step): the block's confidences and predictions at all positions (decoded ones
     included, in position order), its tokens and which were masked before the step, which it committed, and
-    which lie inside the canvas (`valid`; False past an EoTP cut)."""
+    which lie inside the canvas (`valid`; False past an EoTP cut). `start`: the generated position of the block's
+    first column (block * B; in block diffusion negative for a block that holds the prompt tail)."""
 
     row: Tensor
     block: Tensor
+    start: Tensor
     step: Tensor
     confidence: Tensor
     prediction: Tensor
@@ -52,9 +60,9 @@ class Trace:
         first correct prediction)."""
         tokens = tokens.cpu()
         rows, length = tokens.shape
-        position = self.block[:, None] * self.prediction.shape[1] + torch.arange(self.prediction.shape[1])
-        live = self.masked & self.valid & (position < length)
-        flat = self.row[:, None] * length + position.clamp(max=length - 1)  # index into [rows * length]
+        position = self.start[:, None] + torch.arange(self.prediction.shape[1])
+        live = self.masked & self.valid & (position < length)  # masked positions are never in the prompt
+        flat = self.row[:, None] * length + position.clamp(0, length - 1)  # index into [rows * length]
         step = self.step[:, None].expand_as(position)
         correct = live & (self.prediction == tokens.flatten()[flat])
         commit = live & self.committed
@@ -70,7 +78,10 @@ class Trace:
 class DecodeOutput:
     tokens: Tensor  # [batch, gen_length] generated region; EOS past an EoTP cut
     nfe: Tensor  # [batch] forward passes each row took part in (cache refreshes included)
-    steps_per_block: Tensor  # [batch, num_blocks] forwards spent in each block (0: skipped by EoTP)
+    # [batch, num_blocks] forwards spent in each block (0: skipped by EoTP). Block diffusion: num_blocks + 1
+    # columns, one per decoded block, the first holding the prompt tail; a prompt that fills whole blocks
+    # decodes num_blocks blocks and leaves its last column 0
+    steps_per_block: Tensor
     tokens_per_step: list[list[int]]  # per row: tokens committed at each of its steps
     wall_time: Tensor  # [batch] seconds from the start until the row had no mask left
     eotp_skipped: Tensor  # [batch] generated positions past the EoTP cut: EOS, no longer fed to the model
@@ -84,10 +95,11 @@ class NonFiniteLogits(RuntimeError):
 
 
 class Canvas:
-    """Prompt + generation region of every row, with each row's current end (EoTP shortens it)."""
+    """Prompt + generation region of every row, with each row's current end (EoTP shortens it). `block_length`:
+    block diffusion with blocks of that size (prompt padding a multiple of it), None for a bidirectional model."""
 
     def __init__(self, input_ids: Tensor, attention_mask: Tensor | None, gen_length: int, mask_id: int,
-                 eos_id: int):
+                 eos_id: int, block_length: int | None = None):
         batch, self.prompt_length = input_ids.shape
         device = input_ids.device
         self.x = torch.cat([input_ids, input_ids.new_full((batch, gen_length), mask_id)], dim=1)
@@ -98,6 +110,18 @@ class Canvas:
             else attention_mask.bool()
         self.keys = torch.cat([prompt_keys, prompt_keys.new_ones((batch, gen_length))], dim=1)
         self.padded = not bool(prompt_keys.all())
+        self.block_length = block_length
+        # block diffusion counts positions from each row's first real token
+        self.position_ids = (self.positions - first_real_token(prompt_keys)[:, None]).clamp(min=0)
+
+    def attention(self, rows: Tensor, lo: int, hi: int, keys: int) -> dict:
+        """The model's mask (and positions) for a forward of positions [lo, hi) attending to keys [0, keys)."""
+        if self.block_length is None:
+            return {"attention_mask": self.key_mask(rows, keys)}
+        query, key = self.positions[lo:hi, None] // self.block_length, self.positions[:keys] // self.block_length
+        visible = (key <= query) & self.keys[rows, None, :keys]
+        visible |= self.positions[:keys] == self.positions[lo:hi, None]  # a padding query sees itself: finite
+        return {"attention_mask": visible, "position_ids": self.position_ids[rows, lo:hi]}
 
     def key_mask(self, rows: Tensor, length: int) -> Tensor | None:
         """Keys to attend to over positions [0, length); None when every key is valid (fast path)."""
@@ -123,13 +147,18 @@ def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask,
         raise ConfigError(f"input_ids must be int64 token ids, got {input_ids.dtype}")
     if input_ids.shape[0] == 0:
         raise ConfigError("input_ids is an empty batch (no prompts to decode)")
-    total = input_ids.shape[1] + config.gen_length
-    if total > model.max_length:
-        raise ConfigError(f"prompt ({input_ids.shape[1]}) + gen_length ({config.gen_length}) = {total} "
-                          f"exceeds the model's max length {model.max_length}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ConfigError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                           f"input_ids {tuple(input_ids.shape)}")
+    total = input_ids.shape[1] + config.gen_length
+    lengths = f"prompt ({input_ids.shape[1]}) + gen_length ({config.gen_length})"
+    if getattr(model, "block_diffusion", False):
+        check_block_diffusion(config)
+        longest = input_ids.shape[1] - (0 if attention_mask is None else int(first_real_token(attention_mask).min()))
+        total = -(-(longest + config.gen_length) // config.block_length) * config.block_length
+        lengths = f"prompt ({longest}) + gen_length ({config.gen_length}) up to whole blocks of {config.block_length}"
+    if total > model.max_length:
+        raise ConfigError(f"{lengths} = {total} exceeds the model's max length {model.max_length}")
     in_prompt = input_ids == model.mask_token_id
     if attention_mask is not None:
         in_prompt &= attention_mask.bool()
@@ -151,6 +180,11 @@ def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask,
             raise ConfigError(f"reference has shape {tuple(reference.shape)}, expected "
                               f"{(input_ids.shape[0], config.gen_length)}")
     return policy
+
+
+def first_real_token(attention_mask: Tensor) -> Tensor:
+    """[batch] position of each row's first real token (the left padding's length)."""
+    return attention_mask.bool().int().argmax(-1)
 
 
 def quota_schedule(masks: Tensor, steps: int) -> Tensor:
@@ -198,38 +232,60 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
         input_ids = input_ids[None]
         attention_mask = None if attention_mask is None else attention_mask[None]
     policy = check_inputs(model, input_ids, config, attention_mask, reference, policy)
+    blockwise = getattr(model, "block_diffusion", False)
+    if blockwise and attention_mask is not None:
+        padding = first_real_token(attention_mask)
+        groups = ((input_ids.shape[1] - padding) % config.block_length).unique()
+        if len(groups) > 1:  # rows whose blocks start at different canvas positions cannot share a forward
+            return _by_residue(model, input_ids, config, attention_mask, reference, trace, policy, padding)
+        # drop the padding every row has: what is left is a multiple of B, so blocks are t // B for every row
+        input_ids, attention_mask = input_ids[:, int(padding.min()):], attention_mask[:, int(padding.min()):]
     start_time = time.perf_counter()
     device = model.device
     input_ids = input_ids.to(device)
+    batch, P, G, B = input_ids.shape[0], input_ids.shape[1], config.gen_length, config.block_length
+    if blockwise:  # blocks from position 0: the first decoded one may hold the prompt tail; fill the last one
+        block_starts = range(P // B * B, P + G, B)
+        num_blocks, canvas_length = config.num_blocks + 1, block_starts[-1] + B
+    else:
+        block_starts = range(P, P + G, B)
+        num_blocks, canvas_length = config.num_blocks, P + G
     canvas = Canvas(input_ids, None if attention_mask is None else attention_mask.to(device),
-                    config.gen_length, model.mask_token_id, model.eos_token_id)
+                    canvas_length - P, model.mask_token_id, model.eos_token_id, B if blockwise else None)
     if reference is not None:
         reference = reference.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    batch, P, B, S = input_ids.shape[0], canvas.prompt_length, config.block_length, policy.steps_per_block(config)
-    steps_per_block = torch.zeros(batch, config.num_blocks, dtype=torch.long, device=device)
+    S = policy.steps_per_block(config)
+    steps_per_block = torch.zeros(batch, num_blocks, dtype=torch.long, device=device)
     committed_log: list[Tensor] = []  # [batch] per global step; -1 for rows not fed at that step
     finish_time = torch.full((batch,), float("nan"))
     records: list[dict] = []
     all_rows = torch.arange(batch, device=device)
 
     memory = policy.begin(canvas.x, P)
-    # the reference's tokens over the whole canvas (-1 over the prompt), so a window of any extent can read it
-    reference = None if reference is None else torch.cat([torch.full_like(input_ids, -1), reference], 1)
+    # the reference's tokens over the whole canvas (-1 elsewhere), so a window of any extent can read it
+    reference = None if reference is None else torch.nn.functional.pad(reference, (P, canvas_length - P - G), value=-1)
     remasked = torch.zeros(batch, dtype=torch.long, device=device)
-    max_forwards = policy.max_forwards_per_block(config)
+    max_forwards, forward_limit = policy.max_forwards_per_block(config), policy.block_forward_limit(config)
+    abandoned = torch.zeros_like(canvas.x, dtype=torch.bool)  # masks a block left at its forward limit
+    cache, cache_rows, refreshed, resume = None, None, None, 0
 
-    for block in range(config.num_blocks):
-        s, e = P + block * B, P + (block + 1) * B
+    for block, s in enumerate(block_starts):
+        e = s + B
+        horizon = e if blockwise else canvas_length
         plan = quota_schedule((canvas.x[:, s:e] == canvas.mask_id).sum(-1), S)
-        cache, cache_rows = None, None
         step = 0
         # NaN or +inf logits make confidences NaN, and so their sum: kept on the device, read once per block
         confidence_sum = torch.zeros((), device=device)
         while True:
             # a re-masking rule may reopen earlier blocks: the block is done when nothing up to its end is masked
-            rows = all_rows[policy.keep_decoding(memory, (canvas.x[:, P:e] == canvas.mask_id).any(-1))]
+            # (block diffusion reopens nothing: the block's own masks)
+            open_masks = (canvas.x == canvas.mask_id) & ~abandoned
+            rows = all_rows[policy.keep_decoding(memory, open_masks[:, s if blockwise else P:e].any(-1))]
             if rows.numel() == 0:
+                break
+            if step == forward_limit:
+                abandoned[:, s:e] = open_masks[:, s:e]
                 break
             if step >= max_forwards:
                 _check_finite(confidence_sum, block)  # NaN confidences stall a threshold policy
@@ -237,23 +293,33 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
                                    f"{max_forwards} forwards")
 
             # One forward (NFE): the whole canvas, or with a cache only the block (dual) / block + suffix
-            # (prefix), served the other positions' K/V from the refresh at the block's first step.
+            # (prefix), served the other positions' K/V from the refresh at the block's first step. Block
+            # diffusion feeds nothing past the block's end.
             if config.cache == "none":
-                lo, hi = 0, int(canvas.end[rows].max())
-                logits = policy.forward(model, canvas.x[rows, :hi], canvas.key_mask(rows, hi), memory, rows, s, e)
-                hi = logits.shape[1]  # a rule may feed a truncated canvas
-            elif step == 0:
-                lo, hi = 0, int(canvas.end[rows].max())
-                cache, cache_rows = KVCache(), rows
-                logits = model(canvas.x[rows, :hi], canvas.key_mask(rows, hi), cache=cache)
+                lo, hi = 0, min(int(canvas.end[rows].max()), horizon)
+                if blockwise:
+                    logits = model(canvas.x[rows, :hi], **canvas.attention(rows, lo, hi, hi))
+                else:
+                    logits = policy.forward(model, canvas.x[rows, :hi], canvas.key_mask(rows, hi), memory, rows,
+                                            s, e)
+                    hi = logits.shape[1]  # a rule may feed a truncated canvas
             else:
-                if rows.numel() != cache_rows.numel():  # rows that finished the block leave the batch
+                if step == 0:  # refresh: the whole canvas, or (block diffusion) the previous block and this one
+                    lo, hi = resume, min(int(canvas.end[rows].max()), horizon)
+                    if lo == 0:
+                        cache, cache_rows = KVCache(), rows
+                    else:  # this block's rows are among those the previous block's refresh served
+                        cache, cache_rows = refreshed
+                else:
+                    lo, hi = s, (min(e, len(cache)) if config.cache == "dual" else len(cache))
+                if rows.numel() != cache_rows.numel():  # rows that finished a block leave the batch
                     cache = cache.select_rows(torch.searchsorted(cache_rows, rows))
                     cache_rows = rows
-                lo, hi = s, (min(e, len(cache)) if config.cache == "dual" else len(cache))
-                logits = model(canvas.x[rows, lo:hi], canvas.key_mask(rows, len(cache)), start=lo, cache=cache)
+                if step == 0:
+                    refreshed = cache, cache_rows
+                keys = max(len(cache), hi)
+                logits = model(canvas.x[rows, lo:hi], **canvas.attention(rows, lo, hi, keys), start=lo, cache=cache)
             steps_per_block[rows, block] += 1
-
             w_lo, w_hi = policy.window(memory, s, e, hi)
             w_hi = min(w_hi, hi)
             if w_lo < lo:
@@ -291,13 +357,15 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             counts[rows] = commit.sum(-1)
             committed_log.append(counts)
             if trace:
-                records.append(_trace_record(rows, block, step, B, state, commit, inside))
+                records.append(_trace_record(rows, block, s - P, step, B, state, commit, inside))
             done = ~(canvas.x[:, P:] == canvas.mask_id).any(-1).cpu() & finish_time.isnan()
             finish_time[done] = time.perf_counter() - start_time
             step += 1
         _check_finite(confidence_sum, block)
+        # block diffusion: the cache is exact before this block, whose final K/V the next refresh writes
+        resume = s if blockwise and step > 0 else 0
 
-    tokens = canvas.x[:, P:]
+    tokens = canvas.x[:, P:P + G]
     per_step = torch.stack(committed_log, 1).tolist() if committed_log else [[] for _ in range(batch)]
     return DecodeOutput(
         tokens=tokens,
@@ -305,11 +373,41 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
         steps_per_block=steps_per_block,
         tokens_per_step=[[c for c in row if c >= 0] for row in per_step],
         wall_time=torch.nan_to_num(finish_time, nan=time.perf_counter() - start_time),
-        eotp_skipped=(P + config.gen_length - canvas.end).clamp(min=0),
+        eotp_skipped=(P + G - canvas.end).clamp(min=0),
         remasked=remasked,
         trace=_stack_trace(records) if trace else None,
         config=config,
     )
+
+
+def _by_residue(model, input_ids: Tensor, config: DecodeConfig, attention_mask: Tensor, reference: Tensor | None,
+                trace: bool, policy: Policy, padding: Tensor) -> DecodeOutput:
+    """Block diffusion over rows whose real prompt lengths differ mod B: their blocks start at different canvas
+    positions, so each residue is decoded as its own sub-batch (one after the other) and the outputs are merged
+    in row order; a row's wall time counts from the first sub-batch's start."""
+    start_time = time.perf_counter()
+    residue = (input_ids.shape[1] - padding) % config.block_length
+    parts = []
+    for value in residue.unique().tolist():
+        rows = (residue == value).nonzero().squeeze(-1).cpu()
+        offset = time.perf_counter() - start_time
+        out = generate(model, input_ids[rows], config, attention_mask=attention_mask[rows], trace=trace,
+                       reference=None if reference is None else reference[rows], policy=policy)
+        out.wall_time += offset
+        if out.trace is not None:
+            out.trace.row = rows[out.trace.row]
+        parts.append((rows.tolist(), out))
+    order = torch.tensor([row for rows, _ in parts for row in rows]).argsort()
+
+    def merged(name):  # the parts' rows, concatenated, back in the batch's order
+        values = [getattr(out, name) for _, out in parts]
+        if isinstance(values[0], list):
+            flat = [row for value in values for row in value]
+            return [flat[i] for i in order.tolist()]
+        return torch.cat(values)[order.to(values[0].device)]
+    return DecodeOutput(**{name: merged(name) for name in ("tokens", "nfe", "steps_per_block", "tokens_per_step",
+                                                           "wall_time", "eotp_skipped", "remasked")},
+                        trace=_stack_trace([vars(out.trace) for _, out in parts]) if trace else None, config=config)
 
 
 def _check_finite(confidence_sum: Tensor, block: int) -> None:
@@ -318,13 +416,13 @@ def _check_finite(confidence_sum: Tensor, block: int) -> None:
                               f"are broken (float16 overflow?)")
 
 
-def _trace_record(rows, block, step, B, state: StepState, commit, inside) -> dict:
+def _trace_record(rows, block, start, step, B, state: StepState, commit, inside) -> dict:
     def pad(t):  # the current block's columns, zero-padded to B
         t = t[:, state.block_start:state.block_end]
         return torch.nn.functional.pad(t.to(torch.uint8) if t.dtype == torch.bool else t,
                                        (0, B - t.shape[1])).to(t.dtype)
     n = rows.numel()
-    return dict(row=rows, block=torch.full((n,), block), step=torch.full((n,), step),
+    return dict(row=rows, block=torch.full((n,), block), start=torch.full((n,), start), step=torch.full((n,), step),
                 confidence=pad(state.confidence.float()), prediction=pad(state.prediction), tokens=pad(state.tokens),
                 masked=pad(state.masked), committed=pad(commit), valid=pad(inside))
 

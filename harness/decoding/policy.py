@@ -7,8 +7,10 @@ caches, EoTP and NFE counting.
 A plain rule implements `select` on the current block. The optional hooks below serve rules with more state:
 `begin` (memory kept across the steps of one decode), `window` (a step that sees, commits or re-masks beyond
 the current block), `step` returning a `Decision` (commits, re-masks, a new canvas end), `forward` (a rule that
-changes what the model is fed), `keep_decoding` (forwards a rule spends on a finished block) and `caches` (the
-KV-cache modes the rule can run with; others are refused when the DecodeConfig is built)."""
+changes what the model is fed), `keep_decoding` (forwards a rule spends on a finished block),
+`block_forward_limit` (a block that ends with masks left) and `caches` (the KV-cache modes the rule can run with;
+others are refused when the DecodeConfig is built). `needs_bidirectional` says why a rule cannot decode a
+block-diffusion model (LLaDA2: block-causal attention, nothing after the current block is visible)."""
 from __future__ import annotations
 
 import math
@@ -164,6 +166,9 @@ class Policy:
     caches: ClassVar[tuple[str, ...]] = CACHE_MODES  # the KV-cache modes the rule can run with
     no_cache_because: ClassVar[str] = ""  # why the others are refused (said in the error)
     greedy_only: ClassVar[bool] = False  # the rule scores the argmax itself (temperature > 0 is refused)
+    # non-empty: why the rule needs a bidirectional canvas (it reads, commits or re-masks outside the current
+    # block, or feeds the model something else); it is then refused on block-diffusion models
+    needs_bidirectional: ClassVar[str] = ""
 
     def __init__(self, decoding: DecodeConfig):
         self.config = decoding.policy
@@ -190,6 +195,11 @@ class Policy:
     def max_forwards_per_block(self, decoding: DecodeConfig) -> int:
         """A block that takes more forwards than this is an error (a rule that stopped making progress)."""
         return decoding.block_length + self.steps_per_block(decoding) + 1
+
+    def block_forward_limit(self, decoding: DecodeConfig) -> int | None:
+        """Forwards after which a block ends even with masks left, which stay masked (LLaDA2's `steps` per
+        block); None: a block decodes until no mask is left (past `max_forwards_per_block` is an error)."""
+        return None
 
     def begin(self, canvas: Tensor, prompt_length: int) -> Any:
         """Called once per decode with the initial canvas [batch, P + G]: returns the decode's memory (handed
@@ -223,6 +233,25 @@ class Policy:
     def step(self, state: StepState) -> Decision:
         """The step's decision; a commit-only rule implements `select` (and maybe `tokens`) instead."""
         return Decision(commit=self.select(state), tokens=self.tokens(state))
+
+
+def block_diffusion_refusal(policy: type[Policy]) -> str:
+    """Why `policy` cannot decode a block-diffusion model, "" when it can: its declared `needs_bidirectional`,
+    or that it feeds the model inputs of its own (an overridden `forward`, which block diffusion bypasses)."""
+    if policy.needs_bidirectional:
+        return policy.needs_bidirectional
+    return "it feeds the model inputs of its own" if policy.forward is not Policy.forward else ""
+
+
+def check_block_diffusion(decoding: DecodeConfig) -> None:
+    """The decoding settings a block-diffusion model refuses, in one line; reads no weight (a run's
+    `check_cell` calls it when config.json's model_type names such a model)."""
+    reason = block_diffusion_refusal(POLICIES[decoding.strategy])
+    if reason:
+        raise ConfigError(f"strategy {decoding.strategy!r} cannot decode a block-diffusion model: {reason}")
+    if decoding.cache == "dual":
+        raise ConfigError("cache='dual' does not apply to a block-diffusion model: nothing after the current block "
+                          "is visible, so cache='prefix' is already exact")
 
 
 def method_of(decoding: dict[str, Any]) -> dict:
@@ -286,4 +315,5 @@ def prefix_length(ok_sorted: Tensor) -> Tensor:
 
 
 __all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "Decision", "Policy", "PolicyConfig",
-           "StepState", "greedy_confidence", "knob_symbol", "method_of", "prefix_length", "register_policy", "top_k"]
+           "StepState", "block_diffusion_refusal", "check_block_diffusion", "greedy_confidence", "knob_symbol",
+           "method_of", "prefix_length", "register_policy", "top_k"]

@@ -36,6 +36,7 @@ class D3LLM(Policy):
     reference's returned nfe counts one more when its early-stop exit fires (that iteration runs no forward).
     The reference decodes one row; here rows decode independently, each as it would alone."""
 
+    needs_bidirectional = "it decodes several blocks at once"
     caches = ("none",)
     no_cache_because = "d3LLM decodes several blocks at once, past the block a cache refreshes on (its " \
                        "reference runs without one)"

@@ -33,6 +33,7 @@ class Klass(Baseline):
     Gumbel-noised exp-logits, which is not a sample of the model."""
 
     caches = ("none", "prefix")
+    needs_bidirectional = "its KL history follows every later position's distribution at every forward"
     no_cache_because = "KLASS's KL history needs every later position's distribution at every forward"
 
     @dataclass(frozen=True)

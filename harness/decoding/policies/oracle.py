@@ -8,6 +8,7 @@ class Oracle(Policy):
     with its reference token, so it never stalls and never commits a wrong token."""
 
     needs_reference = True
+    needs_bidirectional = "its reference has no tokens for the positions past gen_length that fill the last block"
 
     def select(self, state):
         hits = state.masked & (state.prediction == state.reference)

@@ -36,6 +36,7 @@ class Prophet(Baseline):
     256, its eval disables the exit without constraints); the default here, 0, watches the first tokens,
     where the embedded tasks put their answer."""
 
+    needs_bidirectional = "its early exit reads the answer positions in any block and commits every later one"
     caches = ("none",)
     no_cache_because = "the early exit reads the answer positions (in any block) and commits every later position"
 

@@ -52,6 +52,7 @@ class RunningConfidenceRemasking(Policy):
 
     caches = ("none",)
     no_cache_because = "it re-masks tokens of earlier blocks"
+    needs_bidirectional = no_cache_because
     greedy_only = True
 
     def steps_per_block(self, decoding):

@@ -39,6 +39,8 @@ class ReMDM(Policy):
             self.require("remdm_number", self.remdm_number >= 1, ">= 1")
 
     greedy_only = True
+    needs_bidirectional = "its schedule splits every block over the steps of G / B blocks, and a block-diffusion " \
+                          "canvas whose first block holds the prompt tail has one more"
 
     @classmethod
     def check(cls, decoding):

@@ -37,6 +37,7 @@ class Saber(Policy):
 
     caches = ("none",)
     no_cache_because = "it re-masks tokens of earlier blocks and reads every generated position's fresh confidence"
+    needs_bidirectional = no_cache_because
     greedy_only = True
 
     def max_forwards_per_block(self, decoding):

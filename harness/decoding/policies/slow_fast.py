@@ -43,6 +43,7 @@ class SlowFast(Policy):
 
     caches = ("none",)
     no_cache_because = "Slow-Fast's fast phase feeds a truncated canvas"
+    needs_bidirectional = "its fast phase feeds a truncated canvas"
 
     @dataclass(frozen=True)
     class Config(PolicyConfig):
