@@ -104,8 +104,9 @@ def test_llada2_threshold_reproduces_the_reference_loop(blocky, B, length, knobs
     assert_same_answer(out.tokens[0], expected, blocky.eos_token_id)
     assert int(out.nfe[0]) == nfe
     blocks = out.steps_per_block[0]
-    assert blocks.shape == (G // B + 1,) and int(blocks.sum()) == nfe
-    assert bool(blocks[-1] == 0) == (length % B == 0)  # an extra block only when the prompt tail shares one
+    assert blocks.shape == (G // B + 1,) and int(blocks.clamp(min=0).sum()) == nfe
+    assert bool(blocks[-1] == -1) == (length % B == 0)  # an extra block only when the prompt tail shares one
+    assert (blocks[:-1] > 0).all()
 
 
 @pytest.mark.parametrize("knobs", [{}, {"eos_early_stop": True}, {"eos_early_stop": True, "threshold": 0.3},

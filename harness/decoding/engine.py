@@ -79,8 +79,8 @@ class DecodeOutput:
     tokens: Tensor  # [batch, gen_length] generated region; EOS past an EoTP cut
     nfe: Tensor  # [batch] forward passes each row took part in (cache refreshes included)
     # [batch, num_blocks] forwards spent in each block (0: skipped by EoTP). Block diffusion: num_blocks + 1
-    # columns, one per decoded block, the first holding the prompt tail; a prompt that fills whole blocks
-    # decodes num_blocks blocks and leaves its last column 0
+    # columns, one per decoded block, the first holding the prompt tail; -1 in the last where a prompt fills whole
+    # blocks (its rows decode num_blocks blocks)
     steps_per_block: Tensor
     tokens_per_step: list[list[int]]  # per row: tokens committed at each of its steps
     wall_time: Tensor  # [batch] seconds from the start until the row had no mask left
@@ -365,11 +365,12 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
         # block diffusion: the cache is exact before this block, whose final K/V the next refresh writes
         resume = s if blockwise and step > 0 else 0
 
+    steps_per_block[:, len(block_starts):] = -1  # block diffusion: the block a whole-block prompt never has
     tokens = canvas.x[:, P:P + G]
     per_step = torch.stack(committed_log, 1).tolist() if committed_log else [[] for _ in range(batch)]
     return DecodeOutput(
         tokens=tokens,
-        nfe=steps_per_block.sum(1),
+        nfe=steps_per_block.clamp(min=0).sum(1),
         steps_per_block=steps_per_block,
         tokens_per_step=[[c for c in row if c >= 0] for row in per_step],
         wall_time=torch.nan_to_num(finish_time, nan=time.perf_counter() - start_time),

@@ -296,7 +296,7 @@ class DLLM(LM):
                 "tokens_per_second": counted / latency if latency > 0 else None,
                 "eotp_skipped": int(out.eotp_skipped[row]), "remasked": int(out.remasked[row]),
                 "gen_length": config.gen_length,
-                "steps_per_block": out.steps_per_block[row].tolist(),
+                "steps_per_block": [n for n in out.steps_per_block[row].tolist() if n >= 0],
             } | ({"redecodes": redecodes[row]} if redecodes else {})
 
     def paired_ratios(self, reference: DecodeConfig, rounds: int) -> list[float]:
