@@ -85,7 +85,7 @@ def check_cell(settings: dict) -> dict:
     run settings, decoding values, task name, data rows, metric and code opt-ins, the model folder (config.json,
     safetensors headers) against the generation length, a block-diffusion model's refusals, the learned filter's
     file and block length. Returns the lm-eval task objects."""
-    from .decoding.policy import check_block_diffusion
+    from .decoding.policy import check_model_fits
     from .learn2pd.filter import load_filter
     from .lmeval import build_tasks
     from .lmeval.model import decode_config, request_config
@@ -98,8 +98,8 @@ def check_cell(settings: dict) -> dict:
     check_metric(tasks[task["name"]], task["metric"])
     max_length = check_model_folder(settings["model"]["path"])
     native = native_models().get(read_json(model_folder(settings["model"]["path"]) / "config.json").get("model_type"))
-    if getattr(native, "block_diffusion", False):  # LLaDA2: block-causal, no rule that reads past the block
-        check_block_diffusion(decoding)
+    if native is not None:  # LLaDA2: block-causal, no rule that reads past the block; Dream: shifted logits
+        check_model_fits(native, decoding)
     for lm_task in tasks.values():
         if lm_task.OUTPUT_TYPE == "generate_until":
             request_config(decoding, fixed_gen_length, lm_task.config.generation_kwargs or {}, max_length)

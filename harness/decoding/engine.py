@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..models.layers import KVCache
 from .config import DecodeConfig
-from .policy import ConfigError, Policy, StepState, check_block_diffusion
+from .policy import ConfigError, Policy, StepState, check_model_fits
 
 
 @dataclass
@@ -152,8 +152,8 @@ def check_inputs(model, input_ids: Tensor, config: DecodeConfig, attention_mask,
                           f"input_ids {tuple(input_ids.shape)}")
     total = input_ids.shape[1] + config.gen_length
     lengths = f"prompt ({input_ids.shape[1]}) + gen_length ({config.gen_length})"
+    check_model_fits(model, config)
     if getattr(model, "block_diffusion", False):
-        check_block_diffusion(config)
         longest = input_ids.shape[1] - (0 if attention_mask is None else int(first_real_token(attention_mask).min()))
         total = -(-(longest + config.gen_length) // config.block_length) * config.block_length
         lengths = f"prompt ({longest}) + gen_length ({config.gen_length}) up to whole blocks of {config.block_length}"

@@ -169,6 +169,9 @@ class Policy:
     # non-empty: why the rule needs a bidirectional canvas (it reads, commits or re-masks outside the current
     # block, or feeds the model something else); it is then refused on block-diffusion models
     needs_bidirectional: ClassVar[str] = ""
+    # non-empty: why the rule cannot read a model whose logits are realigned by one position (Dream predicts
+    # token i at position i - 1); it is then refused on such models
+    needs_unshifted: ClassVar[str] = ""
 
     def __init__(self, decoding: DecodeConfig):
         self.config = decoding.policy
@@ -243,6 +246,17 @@ def block_diffusion_refusal(policy: type[Policy]) -> str:
     return "it feeds the model inputs of its own" if policy.forward is not Policy.forward else ""
 
 
+def check_model_fits(model, decoding: DecodeConfig) -> None:
+    """The decoding settings `model` (an instance, or its class before the weights load) refuses, in one line:
+    a block-diffusion model's (`check_block_diffusion`), and rules that cannot read realigned (shifted) logits."""
+    if getattr(model, "block_diffusion", False):
+        check_block_diffusion(decoding)
+    reason = POLICIES[decoding.strategy].needs_unshifted
+    if getattr(model, "shift_logits", False) and reason:
+        raise ConfigError(f"strategy {decoding.strategy!r} cannot decode a model with shifted logits (Dream): "
+                          f"{reason}")
+
+
 def check_block_diffusion(decoding: DecodeConfig) -> None:
     """The decoding settings a block-diffusion model refuses, in one line; reads no weight (a run's
     `check_cell` calls it when config.json's model_type names such a model)."""
@@ -315,5 +329,5 @@ def prefix_length(ok_sorted: Tensor) -> Tensor:
 
 
 __all__ = ["CACHE_MODES", "LOOP_SWITCHES", "POLICIES", "ConfigError", "Decision", "Policy", "PolicyConfig",
-           "StepState", "block_diffusion_refusal", "check_block_diffusion", "greedy_confidence", "knob_symbol",
+           "StepState", "block_diffusion_refusal", "check_block_diffusion", "check_model_fits", "greedy_confidence", "knob_symbol",
            "method_of", "prefix_length", "register_policy", "top_k"]

@@ -135,6 +135,7 @@ class Dream(NativeLM):
     """
 
     config_class = DreamConfig
+    shift_logits = True  # the network predicts token i + 1 at position i; `forward` realigns it
 
     def __init__(self, cfg: DreamConfig, tokenizer=None):
         super().__init__()

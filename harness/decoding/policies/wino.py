@@ -50,6 +50,7 @@ class Wino(Policy):
     caches = ("none",)
     no_cache_because = "its forward appends a shadow block with its own positions and attention mask"
     needs_bidirectional = no_cache_because
+    needs_unshifted = "its shadow block's first prediction would come from the canvas's last position"
     greedy_only = True
 
     def max_forwards_per_block(self, decoding):
