@@ -1,12 +1,13 @@
 """Decoding-engine benchmark: forward cost per cache mode, engine overhead, NFE and wall time per strategy.
 
     python -m harness.bench                       # random LLaDA, d_model 512, 8 layers, CPU
-    python -m harness.bench --preset llada-8b --device cuda --dtype bfloat16   # the 8B architecture on a GPU
+    python -m harness.bench --preset llada-8b --device cuda --dtype bfloat16 --families published   # on a GPU
 
 Prints figures; nothing here is asserted. Random weights make the NFE of confidence-driven strategies close
 to the baseline's: the point is the cost of the machinery, not decoding quality. It ends with the learned
 filter's cost per step: on a GPU, there, against this model's forward (and the peak GPU memory); always, on
-the CPU against a forward of the embedded default. Steps are timed with torch.utils.benchmark's Timer (the
+the CPU against a forward of the embedded default, and with the native families (LLaDA, Dream, LLaDA2 MoE at
+small or published shapes): a full and a cached step each, and the MoE layer's routing overhead. Steps are timed with torch.utils.benchmark's Timer (the
 device synchronised around each sample, at torch's current thread count): median and IQR of `repeats` samples,
 each of a fixed number of calls. Fixed and short, not blocked_autorange's blocks: those grow until the clock's
 cost is 1e-4 of a block (100-1,000 calls of a microsecond step), long enough that on a shared machine nearly every
@@ -22,9 +23,20 @@ from pathlib import Path
 import torch
 from torch.utils.benchmark import Measurement, Timer
 
+from .bench_models import moe_routing_overhead
 from .decoding import DecodeConfig, generate
+from .decoding.engine import Canvas
 from .learn2pd.filter import Filter, load_filter, resolve_filter, save_filter
-from .models import KVCache, LLaDAConfig, load_model, random_llada
+from .models import (
+    DreamConfig,
+    KVCache,
+    LLaDAConfig,
+    llada2_config,
+    load_model,
+    random_dream,
+    random_llada,
+    random_llada2,
+)
 from .models.loading import NAMED_MODELS
 from .models.metered import Metered, synchronize
 
@@ -32,6 +44,26 @@ PRESETS = {
     "small": dict(d_model=512, n_heads=8, n_layers=8, mlp_hidden_size=1536, vocab_size=32768),
     "llada-8b": dict(d_model=4096, n_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464),
 }
+# The native families at comparable sizes: small (CPU) or the published checkpoints' shapes (a GPU).
+FAMILY_SHAPES = {
+    "small": {
+        "llada": lambda: _llada_config(PRESETS["small"]),
+        "dream": lambda: DreamConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                                     num_attention_heads=8, num_key_value_heads=2, vocab_size=32768,
+                                     max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6,
+                                     mask_token_id=32767, eos_token_id=32766, pad_token_id=32766),
+        "llada2": lambda: llada2_config("small", max_position_embeddings=4096),
+    },
+    "published": {  # LLaDA-8B, Dream-v0-7B, LLaDA2.0-mini (16B MoE); flash (100B) does not fit one GPU
+        "llada": lambda: _llada_config(PRESETS["llada-8b"]),
+        "dream": lambda: DreamConfig(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                     num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                                     max_position_embeddings=131072, rope_theta=1e6, rms_norm_eps=1e-6,
+                                     mask_token_id=151666, eos_token_id=151643, pad_token_id=151643),
+        "llada2": lambda: llada2_config("mini"),
+    },
+}
+RANDOM_MODEL = {"llada": random_llada, "dream": random_dream, "llada2": random_llada2}
 RUNS = [  # (label, settings)
     ("baseline", dict(strategy="baseline")),
     ("baseline + prefix", dict(strategy="baseline", cache="prefix")),
@@ -103,6 +135,62 @@ def gpu_breakdown(model, ids: torch.Tensor, block_start: int, block_length: int,
         print(f"| {mode} | {costs[mode].median * 1e3:.1f} | {kernel_ms:.1f} | {launched:.0f} | {replay} |")
 
 
+def _llada_config(shape: dict) -> LLaDAConfig:
+    vocab = shape["vocab_size"]
+    return LLaDAConfig(n_kv_heads=shape["n_heads"], max_sequence_length=4096, rope_theta=500000.0, rms_norm_eps=1e-5,
+                       mask_token_id=vocab - 1, eos_token_id=vocab - 2, pad_token_id=vocab - 2, **shape)
+
+
+def family_steps(model, batch: int, prompt: int, gen_length: int, block_length: int) -> dict:
+    """{label: run} of a full step and a cached step at the middle block (`family_costs`)."""
+    device = model.device
+    ids = torch.randint(0, model.vocab_size - 2, (batch, prompt), generator=torch.Generator().manual_seed(0))
+    s = prompt + gen_length // block_length // 2 * block_length
+    e, cache = s + block_length, KVCache()
+    if model.block_diffusion:
+        canvas = Canvas(ids.to(device), None, e - prompt, model.mask_token_id, model.eos_token_id, block_length)
+        rows = torch.arange(batch, device=device)
+        model(canvas.x[:, :s], **canvas.attention(rows, 0, s, s), cache=cache)
+        return {f"canvas [0, {e}), block-causal": lambda: model(canvas.x[:, :e], **canvas.attention(rows, 0, e, e)),
+                f"block [{s}, {e}), block cache":
+                    lambda: model(canvas.x[:, s:e], **canvas.attention(rows, s, e, e), start=s, cache=cache)}
+    x = torch.cat([ids, torch.full((batch, gen_length), model.mask_token_id)], 1).to(device)
+    model(x, cache=cache)
+    return {f"canvas [0, {x.shape[1]})": lambda: model(x),
+            f"block [{s}, {e}), dual cache": lambda: model(x[:, s:e], start=s, cache=cache)}
+
+
+@torch.no_grad()
+def family_costs(shapes: str, dtype: torch.dtype, device: str, batch: int, prompt: int, gen_length: int,
+                 block_length: int, repeats: int) -> None:
+    """Per native family, random weights: ms per forward of a full step and of a cached step at the middle
+    block. LLaDA and Dream: the whole canvas vs the block under the dual cache. LLaDA2 (block diffusion): the
+    reference's step, the canvas up to the block's end under the block-causal mask, vs the block alone over its
+    exact prefix cache. Then LLaDA2's MoE routing overhead at a cached step's and a full step's token count."""
+    print(f"\n| family ({shapes} shapes) | parameters | full step | ms | cached step | ms | speed-up |"
+          f"\n|---|---|---|---|---|---|---|")
+    for family, make_config in FAMILY_SHAPES[shapes].items():
+        cfg = make_config()
+        model = RANDOM_MODEL[family](cfg, seed=0, dtype=dtype, device=device)
+        (full_label, full), (cached_label, cached) = family_steps(model, batch, prompt, gen_length,
+                                                                  block_length).items()
+        for _ in range(3):  # untimed warm-up
+            full(), cached()
+        full_s, cached_s = time_call(full, repeats).median, time_call(cached, repeats).median
+        params = sum(p.numel() for p in model.parameters())
+        print(f"| {family} | {params / 1e6:.1f}M | {full_label} | {full_s * 1e3:.1f} | {cached_label} | "
+              f"{cached_s * 1e3:.1f} | {full_s / cached_s:.2f}x |", flush=True)
+        del model, full, cached  # one family's weights at a time
+    moe = FAMILY_SHAPES[shapes]["llada2"]()
+    print("\n| LLaDA2 MoE layer, tokens | experts used | router ms | dispatch ms | layer ms | dense SwiGLU ms "
+          "(same active width) | router + dispatch share |\n|---|---|---|---|---|---|---|")
+    for tokens in (batch * block_length, batch * (prompt + gen_length)):  # a cached step's tokens, a full one's
+        cost = moe_routing_overhead(moe, tokens, dtype=dtype, device=device, repeats=repeats)
+        print(f"| {tokens} | {cost['experts_used']} | {cost['router'] * 1e3:.2f} | {cost['dispatch'] * 1e3:.2f} | "
+              f"{cost['layer'] * 1e3:.2f} | {cost['dense'] * 1e3:.2f} | "
+              f"{cost['router_share'] + cost['dispatch_share']:.1%} |")
+
+
 def time_filter_step(filter_, batch: int, mask: int, eos: int, repeats: int) -> Measurement:
     """Measurement of one decoding step of `filter_` (its token flags included) on a random block of `batch` rows,
     on the filter's device."""
@@ -165,6 +253,8 @@ def main(argv=None) -> None:
                         help="timed samples per forward measurement (60x as many for the learned filter's step)")
     parser.add_argument("--runs", nargs="*", help="labels of the strategy runs (default: all)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--families", choices=[*FAMILY_SHAPES, "none"], default="small",
+                        help="the LLaDA / Dream / LLaDA2 step table at these shapes (published: on a GPU)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,11 +264,8 @@ def main(argv=None) -> None:
     if args.runs and "oracle" in args.runs and "baseline" not in args.runs:
         parser.error("the oracle run follows the baseline's answer: add 'baseline' to --runs")
 
-    shape = PRESETS[args.preset]
-    vocab = shape["vocab_size"]
-    cfg = LLaDAConfig(n_kv_heads=shape["n_heads"], max_sequence_length=4096, rope_theta=500000.0,
-                      rms_norm_eps=1e-5, mask_token_id=vocab - 1, eos_token_id=vocab - 2, pad_token_id=vocab - 2,
-                      **shape)
+    cfg = _llada_config(PRESETS[args.preset])
+    vocab = cfg.vocab_size
     dtype = getattr(torch, args.dtype)
     model = Metered(random_llada(cfg, seed=0, dtype=dtype, device=args.device))
     params = sum(p.numel() for p in model.parameters())
@@ -225,6 +312,10 @@ def main(argv=None) -> None:
         filter_overhead_on_device(model, costs, args.batch, args.block_length)
         print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated(model.device) / 2 ** 30:.1f} GiB")
     filter_overhead(repeats=60 * args.repeats)  # microsecond steps: many more samples than a forward needs
+    if args.families != "none":
+        del model  # the families' models take its memory
+        family_costs(args.families, dtype, args.device, args.batch, args.prompt_length, args.gen_length,
+                     args.block_length, args.repeats)
 
 
 if __name__ == "__main__":
