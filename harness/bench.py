@@ -3,15 +3,15 @@
     python -m harness.bench                       # random LLaDA, d_model 512, 8 layers, CPU
     python -m harness.bench --preset llada-8b --device cuda --dtype bfloat16 --families published   # on a GPU
 
-Prints figures; nothing here is asserted. Random weights make the NFE of confidence-driven strategies close
-to the baseline's: the point is the cost of the machinery, not decoding quality. It ends with the learned
-filter's cost per step: on a GPU, there, against this model's forward (and the peak GPU memory); always, on
-the CPU against a forward of the embedded default, and with the native families (LLaDA, Dream, LLaDA2 MoE at
-small or published shapes): a full and a cached step each, and the MoE layer's routing overhead. Steps are timed with torch.utils.benchmark's Timer (the
-device synchronised around each sample, at torch's current thread count): median and IQR of `repeats` samples,
-each of a fixed number of calls. Fixed and short, not blocked_autorange's blocks: those grow until the clock's
-cost is 1e-4 of a block (100-1,000 calls of a microsecond step), long enough that on a shared machine nearly every
-block is preempted (its filter figures read 2-4x high there), while the median of short samples skips those.
+Prints figures; nothing here is asserted. Random weights make the NFE of confidence-driven strategies close to the
+baseline's: the point is the cost of the machinery, not decoding quality. It ends with the learned filter's cost per
+step: on a GPU, there, against this model's forward (and the peak GPU memory); always, on the CPU against a forward
+of the embedded default, and with the native families (LLaDA, Dream, LLaDA2 MoE at small or published shapes): a
+full and a cached step each, and the MoE layer's routing overhead. Steps are timed with torch.utils.benchmark's
+Timer (the device synchronised around each sample, at torch's current thread count): median and IQR of `repeats`
+samples, each of a fixed number of calls. Fixed and short, not blocked_autorange's blocks: those grow until the
+clock's cost is 1e-4 of a block (100-1,000 calls of a microsecond step), long enough that on a shared machine nearly
+every block is preempted (its filter figures read 2-4x high there), while the median of short samples skips those.
 """
 from __future__ import annotations
 
