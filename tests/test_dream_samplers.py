@@ -1,7 +1,8 @@
-"""Dream's samplers (maskgit_plus, topk_margin, entropy) and Fast-dLLM's Dream block variant (fastdllm_dream)
-against small re-implementations of the reference loops written here from shared/reference/dream.md §3-4b, on
-the golden LLaDA fixture (the rules do not depend on the model; the harness's models apply Dream's logit shift
-inside their forward, so these loops read logits as they come): tokens, NFE and per-step counts."""
+"""Dream's samplers (maskgit_plus, topk_margin, entropy) and Fast-dLLM's Dream variants (fastdllm_dream, block-wise;
+fastdllm_dream_canvas, uncached and canvas-wide) against small re-implementations of the reference loops written
+here from shared/reference/dream.md §3-4, on the golden LLaDA fixture (the rules do not depend on the model; the
+harness's models apply Dream's logit shift inside their forward, so these loops read logits as they come):
+tokens, NFE and per-step counts."""
 import pytest
 import torch
 
@@ -118,6 +119,34 @@ def fastdllm_reference(model, prompt, B, rule, threshold=0.9, steps=None, eps=1e
             if not (x[:, block] == mask).any():
                 break
     return x[:, P:], nfe, counts
+
+
+def canvas_reference(model, prompt, threshold, steps):
+    """generation_utils' alg="confidence_threshold" (uncached, canvas-wide): returns (tokens, NFE, counts)."""
+    mask, P = model.mask_token_id, prompt.shape[1]
+    x = torch.cat([prompt, torch.full((1, G), mask)], 1)
+    quota, carried, i, counts = G // steps, 0, 0, []
+    while i < steps:
+        mask_index = x == mask
+        confidence, x0 = model(x)[mask_index].softmax(-1).max(-1)
+        full = torch.full(x.shape, float("-inf"))
+        full[mask_index] = confidence
+        selected, index = full.topk(quota + carried)
+        carried, keep = 0, [index[0, 0]]
+        for k in range(1, index.shape[1]):
+            if selected[0, k] < threshold:
+                carried += 1
+                if not i < steps - 1:  # checked per rejection: the first one extends, and i < steps - 1 again
+                    quota, steps = 0, steps + 1
+            else:
+                keep.append(index[0, k])
+        proposal = torch.full_like(x, -1)
+        proposal[mask_index] = x0
+        for k in keep:
+            x[0, k] = proposal[0, k]
+        counts.append(len(keep))
+        i += 1
+    return x[:, P:], i, counts
 
 
 # --- Dream's samplers ------------------------------------------------------------------------------------------
@@ -239,6 +268,16 @@ def test_fastdllm_dream_entropy_spends_the_extra_forward_on_a_block_left_masked(
         generate(model, prompt, cfg(strategy="fastdllm_dream", block_length=8, threshold=0.02))
 
 
+@pytest.mark.parametrize("threshold, steps", [(0.05, 8), (0.06, 4), (0.9, 16)])
+def test_fastdllm_dream_canvas_matches_the_reference_loop_with_its_extensions(tiny, prompt, threshold, steps):
+    tokens, nfe, counts = canvas_reference(tiny, prompt, threshold, steps)
+    model = Metered(tiny)
+    out = generate(model, prompt, cfg(strategy="fastdllm_dream_canvas", block_length=8, threshold=threshold,
+                                      steps=steps))
+    assert torch.equal(out.tokens, tokens) and out.tokens_per_step == [counts] and out.nfe.tolist() == [nfe]
+    assert nfe > steps and model.calls == nfe  # rejections at the last step extended the loop
+
+
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 @pytest.mark.parametrize("rule, knobs", FAST, ids=[r for r, _ in FAST])
 def test_fastdllm_dream_decodes_with_the_kv_cache(tiny, prompt, rule, knobs, cache):
@@ -254,7 +293,8 @@ def test_fastdllm_dream_decodes_with_the_kv_cache(tiny, prompt, rule, knobs, cac
 
 
 @pytest.mark.parametrize("strategy, knobs", [("maskgit_plus", {"steps": 8}),
-                                             ("fastdllm_dream", {"rule": "entropy", "steps": 16})])
+                                             ("fastdllm_dream", {"rule": "entropy", "steps": 16}),
+                                             ("fastdllm_dream_canvas", {"threshold": 0.05, "steps": 8})])
 def test_a_batch_decodes_like_its_rows(tiny, strategy, knobs):
     assert_batch_decodes_like_its_rows(tiny, cfg(strategy=strategy, block_length=8 if "rule" in knobs else G,
                                                  **knobs))
@@ -272,6 +312,8 @@ def test_a_batch_decodes_like_its_rows(tiny, strategy, knobs):
      r"decoding.steps \(6\) must be a multiple of the number of blocks \(4\)"),
     ({"strategy": "fastdllm_dream", "rule": "entropy", "steps": 4, "block_length": 8},
      "give each block >= 2 steps"),
+    ({"strategy": "fastdllm_dream_canvas", "steps": 5}, r"decoding.steps \(5\) must divide gen_length \(32\)"),
+    ({"strategy": "fastdllm_dream_canvas", "cache": "prefix"}, "cannot run with cache='prefix': it reads the whole"),
 ])
 def test_bad_settings_are_one_line_errors(settings, message):
     with pytest.raises(ConfigError, match=message) as error:

@@ -71,16 +71,20 @@ class BlockForwards:
     opening: bool = True
 
 
-class FixedForwards(Policy):
-    """A rule whose block ends when `more_forwards` says so, not when it has no mask left: Dream spends its
-    forwards on a full span, and leaves a position masked where the model predicts the mask token."""
+class TemperedPolicy(Policy):
+    """A rule scoring with Dream's confidences, which read the temperature-scaled softmax."""
 
     def __init__(self, decoding):
         super().__init__(decoding)
-        self.temperature = decoding.temperature  # Dream's confidences use the temperature-scaled softmax
+        self.temperature = decoding.temperature
 
     def fits(self, decoding):
         return super().fits(decoding) and self.temperature == decoding.temperature
+
+
+class FixedForwards(TemperedPolicy):
+    """A rule whose block ends when `more_forwards` says so, not when it has no mask left: Dream spends its
+    forwards on a full span, and leaves a position masked where the model predicts the mask token."""
 
     def block_timesteps(self, canvas: Tensor, prompt_length: int) -> Tensor:
         """Dream's timesteps for one block: S = steps / blocks (steps None: gen_length) and the knob eps."""

@@ -6,6 +6,7 @@ from ..policy import ConfigError, Decision, PolicyConfig, register_policy, top_k
 from .dream_samplers import (
     BlockForwards,
     FixedForwards,
+    TemperedPolicy,
     choose,
     dream_probabilities,
     dream_tokens,
@@ -38,9 +39,9 @@ class FastDLLMDream(FixedForwards):
     ends, and the engine's forward cap raises where the reference loops forever).
 
     Generalised: per-row counts (the reference's quota uses the batch's mean, its threshold path batch 1);
-    cache=none runs the same rule on full forwards (the reference's uncached path is §4a, not offered). Not
-    reproduced: top_p/top_k; draws (temperature, alg_temp) come from the engine's generator with Gumbel noise.
-    The reference asserts steps divisible by blocks also under `threshold`, where steps is unused; here only
+    cache=none runs the same rule on full forwards (the reference's uncached path, §4a, is
+    fastdllm_dream_canvas). Not reproduced: top_p/top_k; draws (temperature, alg_temp) come from the engine's
+    generator with Gumbel noise. The reference asserts steps divisible by blocks also under `threshold`, where steps is unused; here only
     `entropy` checks it, and it refuses S < 2 (the reference would leave every block masked)."""
 
     @dataclass(frozen=True)
@@ -102,4 +103,80 @@ class FastDLLMDream(FixedForwards):
         first[:, state.block_start] = True
         commit = torch.where((counter == 0)[:, None], first & masked, cached)
         memory.open[rows] = (masked & (~commit | (tokens == state.mask_id))).any(-1)
+        return Decision(commit=commit, tokens=tokens)
+
+
+@dataclass
+class CanvasQuota:
+    """Per row: forwards so far, the loop's length (extended at its last step), the base quota and the carry."""
+
+    forwards: torch.Tensor  # [batch]
+    budget: torch.Tensor  # [batch] the reference's `steps`, grown by one per last step that rejected a token
+    quota: torch.Tensor  # [batch] M / steps, 0 once the loop was extended
+    carried: torch.Tensor  # [batch] tokens the previous step rejected
+    prompt_length: int
+
+
+@register_policy("fastdllm_dream_canvas")
+class FastDLLMDreamCanvas(TemperedPolicy):
+    """Fast-dLLM's uncached Dream sampler (`dream/model/generation_utils.py`, alg="confidence_threshold";
+    shared/reference/dream.md §4a): canvas-wide, no blocks. Each forward takes the k = M / steps + (tokens
+    the previous step rejected) most confident masks of the canvas (p of the prediction, as Dream's
+    samplers), commits the first and every other one with confidence >= τ, and carries the rejected count
+    to the next step. A last step that rejects a token extends the loop by one forward with no base quota
+    (so it ends once every mask is committed). NFE = steps + extensions.
+
+    Generalised: per-row counts (the reference asserts batch 1); the loop runs in the engine's first block
+    (later blocks have no mask left). Not reproduced: top_p/top_k; at temperature > 0 the engine's Gumbel
+    sample. gen_length must be a multiple of steps, as the reference asserts."""
+
+    @dataclass(frozen=True)
+    class Config(PolicyConfig):
+        threshold: float = field(default=0.9, metadata={"symbol": "τ"})  # commit confidence >= τ (0.9)
+        steps: int | None = None  # the loop's length before extensions; None: gen_length (one token a step)
+
+        def validate(self):
+            super().validate()
+            self.require("threshold", 0 <= self.threshold <= 1, "in [0, 1]")
+            self.require("steps", self.steps is None or self.steps > 0, "> 0")
+
+    caches = ("none",)
+    no_cache_because = "it reads the whole canvas at every forward"
+
+    @classmethod
+    def check(cls, decoding):
+        steps = decoding.policy.steps or decoding.gen_length
+        if decoding.gen_length % steps:
+            raise ConfigError(f"decoding.steps ({steps}) must divide gen_length ({decoding.gen_length})")
+
+    def max_forwards_per_block(self, decoding):
+        return 2 * decoding.gen_length  # steps, then at most one extension per mask
+
+    def begin(self, canvas, prompt_length):
+        gen_length = canvas.shape[1] - prompt_length
+        steps = self.config.steps or gen_length
+        zeros = canvas.new_zeros(canvas.shape[0])
+        return CanvasQuota(forwards=zeros, budget=zeros + steps, quota=zeros + gen_length // steps,
+                           carried=zeros.clone(), prompt_length=prompt_length)
+
+    def window(self, memory, block_start, block_end, canvas_end):
+        return memory.prompt_length, canvas_end
+
+    def keep_decoding(self, memory, has_mask):
+        return memory.forwards < memory.budget
+
+    def step(self, state):
+        memory, rows = state.memory, state.rows
+        last = memory.forwards[rows] == memory.budget[rows] - 1
+        memory.forwards[rows] += 1
+        p = dream_probabilities(state.logits, self.temperature)
+        tokens = dream_tokens(p, state.prediction, self.temperature)
+        confidence = top1_probability(p, tokens)
+        candidates = top_k(confidence, state.masked, memory.quota[rows] + memory.carried[rows])
+        commit = top_k(confidence, state.masked, 1) | (candidates & (confidence >= self.config.threshold))
+        rejected = (candidates & ~commit).sum(-1)
+        memory.carried[rows] = rejected
+        extend = last & (rejected > 0)
+        memory.budget[rows] += extend.long()
+        memory.quota[rows] = memory.quota[rows].masked_fill(extend, 0)
         return Decision(commit=commit, tokens=tokens)
