@@ -84,6 +84,9 @@ RANGE_CASES = [
     ("slow_fast", "k_exploration_steps", 0, ">= 1"), ("slow_fast", "high_confidence_threshold", 1.5, r"in \[0, 1\]"),
     ("llada2_threshold", "threshold", 1.5, r"in \[0, 1\]"), ("llada2_threshold", "steps", 0, ">= 1"),
     ("llada2_threshold", "minimal_topk", 0, ">= 1"),
+    ("maskgit_plus", "eps", 1.0, r"in \[0, 1\)"), ("topk_margin", "alg_temp", -1.0, ">= 0"), ("entropy", "steps", 0, "> 0"),
+    ("fastdllm_dream", "rule", "confidence", "threshold or entropy"),
+    ("fastdllm_dream", "threshold", 1.5, r"in \[0, 1\]"), ("fastdllm_dream_canvas", "steps", 0, "> 0"),
 ]
 
 
