@@ -240,10 +240,13 @@ class Policy:
 
 def block_diffusion_refusal(policy: type[Policy]) -> str:
     """Why `policy` cannot decode a block-diffusion model, "" when it can: its declared `needs_bidirectional`,
-    or that it feeds the model inputs of its own (an overridden `forward`, which block diffusion bypasses)."""
+    or that it feeds the model inputs of its own (an overridden `forward`, which block diffusion bypasses) or
+    reads past the block (an overridden `window`: block diffusion feeds nothing after the block's end)."""
     if policy.needs_bidirectional:
         return policy.needs_bidirectional
-    return "it feeds the model inputs of its own" if policy.forward is not Policy.forward else ""
+    if policy.forward is not Policy.forward:
+        return "it feeds the model inputs of its own"
+    return "it reads positions outside the current block" if policy.window is not Policy.window else ""
 
 
 def check_model_fits(model, decoding: DecodeConfig) -> None:
