@@ -163,3 +163,9 @@ def test_routing_overhead_times_the_real_dispatch():
     figures = moe_routing_overhead(llada2_config("tiny"), tokens=8, repeats=1)
     assert set(figures) >= {"router", "dispatch", "layer", "dense", "router_share", "overhead_vs_dense"}
     assert all(v > 0 for v in figures.values())
+
+
+def test_lm_eval_refuses_log_likelihoods_of_a_block_diffusion_model(llada2):
+    from harness.lmeval.model import DLLM
+    with pytest.raises(NotImplementedError, match="block diffusion"):
+        DLLM(model=llada2, gen_length=16, block_length=8).loglikelihood([])
