@@ -54,6 +54,24 @@ def prompts():
     return torch.randint(0, 250, (3, 10), generator=torch.Generator().manual_seed(0))
 
 
+def fixture_copy(fixture: Path, tmp_path: Path, state: dict | None = None, **config) -> Path:
+    """A writable copy of a golden fixture's folder: config.json with `config` overriding keys, and its weights
+    (or `state`, a state dict, instead)."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    raw = json.loads((fixture / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**raw, **config}))
+    if state is None:
+        shutil.copy(fixture / "model.safetensors", folder)
+    else:
+        save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
 def assert_batch_decodes_like_its_rows(model, config, lengths=(10, 6, 8), seed=2):
     """Left-padded prompts of different lengths, decoded together, give each row's single-row result: tokens,
     forwards and re-masks."""

@@ -1,18 +1,16 @@
 """The native Dream against its golden fixture (official modeling code's logits), its shift, strict loading,
 the KV cache, and the decoding engine on it."""
-import json
-import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from harness.decoding import DecodeConfig, generate
 from harness.models import Dream, DreamConfig, KVCache, load_model, random_dream
 from harness.models.dream import padded_positions
 from harness.models.loading import check_model_folder, native_models
 
-from .conftest import ON_CUDA, SHARED, assert_batch_decodes_like_its_rows, float32_tolerance
+from .conftest import ON_CUDA, SHARED, assert_batch_decodes_like_its_rows, fixture_copy, float32_tolerance
 
 FIXTURE = SHARED / "fixtures" / "dream_tiny"
 TOL = dict(atol=1e-5, rtol=1e-5)  # the fixture README's fp32 CPU tolerance
@@ -75,15 +73,7 @@ def test_random_dream_draws_the_fixture_weights(dream):
 
 
 def _folder(tmp_path, state=None, **config):
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    raw = json.loads((FIXTURE / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**raw, **config}))
-    if state is None:
-        shutil.copy(FIXTURE / "model.safetensors", folder)
-    else:
-        save_file(state, str(folder / "model.safetensors"))
-    return folder
+    return fixture_copy(FIXTURE, tmp_path, state, **config)
 
 
 def test_official_7b_config_maps(tmp_path):

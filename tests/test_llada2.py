@@ -1,16 +1,14 @@
 """The native LLaDA2 MoE against the llada2_tiny golden fixture: block-causal and bidirectional logits, KV reuse
 across blocks, the router's rules, strict loading and the config checks."""
-import json
-import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from harness.models import KVCache, LLaDA2, LLaDA2Config, llada2_config, load_model, random_llada2
 from harness.models.llada2 import Router
 
-from .conftest import SHARED
+from .conftest import SHARED, fixture_copy
 
 FIXTURE2 = SHARED / "fixtures" / "llada2_tiny"
 IDS = {"mask_token_id": 310, "eos_token_id": 257}  # the fixture's; config.json holds neither
@@ -112,16 +110,8 @@ def test_single_expert_weight_is_not_normalised():
     assert experts.tolist() == [[0]] and weights.tolist() == [[1.25]]  # 0.5 × 2.5
 
 
-def _fixture_copy(tmp_path, state: dict | None = None, **config) -> str:
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    raw = json.loads((FIXTURE2 / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**raw, **config}))
-    if state is None:
-        shutil.copy(FIXTURE2 / "model.safetensors", folder)
-    else:
-        save_file(state, str(folder / "model.safetensors"))
-    return folder
+def _fixture_copy(tmp_path, state=None, **config):
+    return fixture_copy(FIXTURE2, tmp_path, state, **config)
 
 
 @pytest.mark.parametrize("change, message", [
