@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from torch.utils.benchmark import Measurement, Timer
 
-from .bench_models import moe_routing_overhead
 from .decoding import DecodeConfig, generate
 from .decoding.engine import Canvas
 from .learn2pd.filter import Filter, load_filter, resolve_filter, save_filter
@@ -37,6 +36,8 @@ from .models import (
     random_llada,
     random_llada2,
 )
+from .models.layers import SwiGLU, fill_random
+from .models.llada2 import LLaDA2Config, random_moe_layer
 from .models.loading import NAMED_MODELS
 from .models.metered import Metered, synchronize
 
@@ -139,6 +140,48 @@ def _llada_config(shape: dict) -> LLaDAConfig:
     vocab = shape["vocab_size"]
     return LLaDAConfig(n_kv_heads=shape["n_heads"], max_sequence_length=4096, rope_theta=500000.0, rms_norm_eps=1e-5,
                        mask_token_id=vocab - 1, eos_token_id=vocab - 2, pad_token_id=vocab - 2, **shape)
+
+
+@torch.no_grad()
+def moe_routing_overhead(cfg: LLaDA2Config, tokens: int, *, dtype: torch.dtype = torch.float32,
+                         device: str | torch.device = "cpu", repeats: int = 10, seed: int = 0) -> dict:
+    """Where one MoE layer's time goes for `tokens` tokens (a decoding step feeds batch × block_length), in
+    seconds per call (medians):
+
+    - `router`: gate matmul, sigmoid, group-limited top-k and the weights;
+    - `dispatch`: the bookkeeping around the experts (sort by expert, gathers, putting the outputs back, the
+      weighted sum): the layer's dispatch with every expert replaced by the identity;
+    - `layer`: the whole MoE FFN (router, dispatch, routed and shared experts);
+    - `dense`: a dense SwiGLU of the layer's active width ((top-k + shared) × moe_intermediate_size), the cost
+      the same active parameters would have without routing.
+
+    Plus `router_share` and `dispatch_share` (of the layer), `overhead_vs_dense` ((router + dispatch) / dense) and
+    `layer_vs_dense`. The weights are seeded random, so the tokens spread over the experts as a trained router's
+    would not exactly: the count of experts that receive tokens (`experts_used`) is reported with them.
+    """
+    layer = random_moe_layer(cfg, seed, dtype, device)
+    active = cfg.moe_intermediate_size * (cfg.num_experts_per_tok + cfg.num_shared_experts)
+    with torch.device("meta"):
+        dense = SwiGLU(cfg.hidden_size, active)
+    fill_random(dense, seed, dtype, device)
+    x = torch.randn(tokens, cfg.hidden_size, generator=torch.Generator(device=device).manual_seed(seed),
+                    device=device).to(dtype)
+    experts, weights = layer.gate(x)
+    for run in (lambda: layer(x), lambda: dense(x)):  # untimed: allocator and kernel choices settle
+        run()
+    seconds = {
+        "router": time_call(lambda: layer.gate(x), repeats).median,
+        "dispatch": time_call(lambda: layer.dispatch(x, experts, weights, lambda e, rows: rows), repeats).median,
+        "layer": time_call(lambda: layer(x), repeats).median,
+        "dense": time_call(lambda: dense(x), repeats).median,
+    }
+    return {
+        "tokens": tokens, "experts_used": int(experts.unique().numel()), **seconds,
+        "router_share": seconds["router"] / seconds["layer"],
+        "dispatch_share": seconds["dispatch"] / seconds["layer"],
+        "overhead_vs_dense": (seconds["router"] + seconds["dispatch"]) / seconds["dense"],
+        "layer_vs_dense": seconds["layer"] / seconds["dense"],
+    }
 
 
 def family_steps(model, batch: int, prompt: int, gen_length: int, block_length: int) -> dict:

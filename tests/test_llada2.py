@@ -144,7 +144,7 @@ def test_unsupported_config_value_names_file_and_key(tmp_path, key, value):
 def test_routing_overhead_times_the_real_dispatch():
     """The bookkeeping it times is the layer's own dispatch (identity experts give Σ weights · x), and every
     figure is a positive time or ratio."""
-    from harness.bench_models import moe_routing_overhead
+    from harness.bench import moe_routing_overhead
     from harness.models.llada2 import random_moe_layer
     layer = random_moe_layer(llada2_config("tiny"))
     x = torch.randn(5, 64, generator=torch.Generator().manual_seed(0))
