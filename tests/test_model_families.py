@@ -89,3 +89,30 @@ def test_llada2_refusals_come_before_the_weights_load():
         check_model_fits(native_models()["llada2_moe"], DecodeConfig(gen_length=G, block_length=B, strategy="klass"))
     with pytest.raises(ConfigError, match="'wino' cannot decode a model with shifted logits"):
         check_model_fits(native_models()["Dream"], DecodeConfig(gen_length=G, block_length=B, strategy="wino"))
+
+
+@pytest.mark.parametrize("family, model_config, strategy", [
+    ("dream", "dream_7b_instruct", "fastdllm_dream"), ("llada2", "llada2_mini", "llada2_threshold")])
+def test_a_sweep_cell_runs_on_each_family_and_is_recorded(tmp_path, family, model_config, strategy):
+    """The Hydra model group, lm-eval, records and analysis, as for LLaDA: the golden fixture's weights behind the
+    embedded default's tokenizer (its ids fall inside the fixture's vocabulary), the published config's token
+    ids overridden by the fixture's."""
+    import shutil
+
+    from analysis.collect import collect
+    from harness.models.loading import NAMED_MODELS
+    from harness.run import run_cell
+
+    from .conftest import fixture_copy
+    from .test_sweep import settings_for
+    folder = fixture_copy(FAMILIES[family][0], tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(NAMED_MODELS["tiny"] / name, folder)
+    settings = settings_for(tmp_path, f"model={model_config}", f"model.path={folder}", "model.dtype=float32",
+                            "model.mask_token_id=310", "model.eos_token_id=257", "model.block_length=8",
+                            "task=arith", f"decoding={strategy}", "pair_rounds=1")
+    record = run_cell(settings, tmp_path / "store" / "cell", "cpu")
+    assert record["status"] == "complete" and record["config"]["model"]["name"] == model_config.replace("_", "-")
+    assert record["speed"]["nfe"] > 0 and record["method"]["strategy"] == strategy
+    cells = collect([tmp_path / "store"]).cells
+    assert set(cells.strategy) == {"baseline", strategy}
