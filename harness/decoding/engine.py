@@ -17,6 +17,11 @@ from each row's first real token (block(t) = t // B), so the first decoded block
 canvas runs to the end of the last block; every forward gets the block-causal mask (a query sees the keys of its
 own and earlier blocks) and is fed only up to the current block's end. Its prefix cache is therefore exact: a
 block's first forward also rewrites the previous block with its final tokens, later ones feed the block only.
+
+Static shapes: a cached decode has one `KVCache(batch, canvas length)`, allocated at its first forward and
+written in place; rows that finish a block stay in the forwards' batch until the block ends (their outputs
+dropped), so a block's cached steps keep their shapes. Per step the host waits for the device once (which rows
+still decode); `harness.syncs.count_host_syncs` counts these waits.
 """
 from __future__ import annotations
 
