@@ -41,15 +41,15 @@ def test_greedy_decodes_equal_the_eager_ones(tiny, compiled, cache):
 def test_logits_match_eager_full_and_cached(tiny, compiled):
     ids, mask = padded_prompts((12, 9, 7), seed=1)
     x = torch.cat([ids, torch.full((3, 16), tiny.mask_token_id)], 1)
-    keys = torch.cat([mask, torch.ones(3, 16, dtype=torch.long)], 1)
+    keys = torch.cat([mask, torch.ones(3, 16, dtype=torch.long)], 1).bool()  # the engine's masks are bool
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, keys), tiny(x, keys), atol=1e-5, rtol=1e-5)
         caches = KVCache(), KVCache()
         for model, cache in zip((tiny, compiled), caches):
             model(x, keys, cache=cache)
-        block = slice(12, 20)
-        torch.testing.assert_close(compiled(x[:, block], keys, start=12, cache=caches[1]),
-                                   tiny(x[:, block], keys, start=12, cache=caches[0]), atol=1e-5, rtol=1e-5)
+        block = x[:, 12:20].contiguous()  # as the engine feeds it (a strided view is another graph)
+        torch.testing.assert_close(compiled(block, keys, start=12, cache=caches[1]),
+                                   tiny(block, keys, start=12, cache=caches[0]), atol=1e-5, rtol=1e-5)
 
 
 def test_new_prompt_lengths_and_batches_compile_nothing(tiny, compiled):
@@ -64,6 +64,12 @@ def test_new_prompt_lengths_and_batches_compile_nothing(tiny, compiled):
     stats = compile_stats(compiled)
     assert stats["compile"] == "default" and 1 <= stats["compiled_graphs"] <= 8 and stats["compile_seconds"] > 0
     assert compile_stats(tiny) == {"compile": "none", "compiled_graphs": 0, "compile_seconds": 0.0}
+
+
+def test_a_graph_past_the_limit_is_an_error_not_a_silent_eager_fallback(compiled):
+    ids, mask = padded_prompts((6, 4))
+    with torch._dynamo.config.patch(recompile_limit=1), pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+        compiled(ids, mask.long())  # a long mask: a variant never compiled (the engine's are bool)
 
 
 def test_lm_eval_model_arg_warms_up_the_compile_and_records_the_path():
