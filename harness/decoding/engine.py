@@ -268,7 +268,9 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
     remasked = torch.zeros(batch, dtype=torch.long, device=device)
     max_forwards, forward_limit = policy.max_forwards_per_block(config), policy.block_forward_limit(config)
     abandoned = torch.zeros_like(canvas.x, dtype=torch.bool)  # masks a block left at its forward limit
-    cache, cache_rows, refreshed, resume = None, None, None, 0
+    # one KV cache per decode, preallocated for the whole canvas (a refresh from position 0 refills it)
+    cache = None if config.cache == "none" else KVCache(batch, canvas_length)
+    fed, resume = all_rows, 0
 
     for block, s in enumerate(block_starts):
         e = s + B
@@ -295,30 +297,30 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             # One forward (NFE): the whole canvas, or with a cache only the block (dual) / block + suffix
             # (prefix), served the other positions' K/V from the refresh at the block's first step. Block
             # diffusion feeds nothing past the block's end.
-            if config.cache == "none":
+            # Rows that finish the block keep being fed (`fed`: the rows the block started with; with a cache, the
+            # rows of its last fill, i.e. in block diffusion of its first) and their outputs are dropped: every
+            # forward of a block has the same batch and the cache is never copied, for the compute of finished
+            # rows. A rule's own forward (uncached, bidirectional) gets the rows still decoding.
+            if step == 0 and (cache is None or resume == 0):
+                fed = rows
+            if cache is None and not blockwise:
                 lo, hi = 0, min(int(canvas.end[rows].max()), horizon)
-                if blockwise:
-                    logits = model(canvas.x[rows, :hi], **canvas.attention(rows, lo, hi, hi))
-                else:
-                    logits = policy.forward(model, canvas.x[rows, :hi], canvas.key_mask(rows, hi), memory, rows,
-                                            s, e)
-                    hi = logits.shape[1]  # a rule may feed a truncated canvas
+                logits = policy.forward(model, canvas.x[rows, :hi], canvas.key_mask(rows, hi), memory, rows, s, e)
+                hi = logits.shape[1]  # a rule may feed a truncated canvas
+                fed = rows
             else:
-                if step == 0:  # refresh: the whole canvas, or (block diffusion) the previous block and this one
+                if cache is None:  # block diffusion
+                    lo, hi = 0, min(int(canvas.end[rows].max()), horizon)
+                    keys = hi
+                elif step == 0:  # refresh: the whole canvas (a fill), or (block diffusion) the previous block and this
                     lo, hi = resume, min(int(canvas.end[rows].max()), horizon)
-                    if lo == 0:
-                        cache, cache_rows = KVCache(), rows
-                    else:  # this block's rows are among those the previous block's refresh served
-                        cache, cache_rows = refreshed
+                    keys = hi if lo == 0 else max(len(cache), hi)
                 else:
                     lo, hi = s, (min(e, len(cache)) if config.cache == "dual" else len(cache))
-                if rows.numel() != cache_rows.numel():  # rows that finished a block leave the batch
-                    cache = cache.select_rows(torch.searchsorted(cache_rows, rows))
-                    cache_rows = rows
-                if step == 0:
-                    refreshed = cache, cache_rows
-                keys = max(len(cache), hi)
-                logits = model(canvas.x[rows, lo:hi], **canvas.attention(rows, lo, hi, keys), start=lo, cache=cache)
+                    keys = max(len(cache), hi)
+                logits = model(canvas.x[fed, lo:hi], **canvas.attention(fed, lo, hi, keys), start=lo, cache=cache)
+            if fed.numel() != rows.numel():  # rows is a subset of fed
+                logits = logits[torch.searchsorted(fed, rows)]
             steps_per_block[rows, block] += 1
             w_lo, w_hi = policy.window(memory, s, e, hi)
             w_hi = min(w_hi, hi)

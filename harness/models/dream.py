@@ -186,11 +186,7 @@ class Dream(NativeLM):
         rope, key_mask = self.rope(position_ids), sdpa_mask(attention_mask)
         x = self.model.embed_tokens(input_ids)
         if cache is not None:  # the canvas's tokens, for the read-only query of a later cached span
-            fed = input_ids[:, read_only:]
-            if len(cache) == 0:
-                cache.inputs = fed.clone()
-            else:
-                cache.inputs[:, start + read_only:start + n] = fed
+            cache.store_inputs(start + read_only, input_ids[:, read_only:])
         for layer, block in enumerate(self.model.layers):
             x = block(x, rope, key_mask, cache, layer, start, read_only)
         return self.lm_head(self.model.norm(x))

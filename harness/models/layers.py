@@ -12,48 +12,90 @@ from torch import Tensor, nn
 class KVCache:
     """Per-layer keys and values of the canvas positions [0, len(cache)), as of the forwards that wrote them.
 
-    The first forward (from position 0) fills it. A forward over positions [start, start + n) writes its fresh
-    K/V in place and attends to every cached key, so other positions are served from the forward that last
-    wrote them: Fast-dLLM's prefix and dual caches differ only in which range the engine recomputes. A forward
-    that reaches past the cached length extends it (block diffusion: the cache grows by a block, and a
-    block-causal mask hides nothing cached from it).
+    Preallocated (gpt-fast style): at the first forward, one zeroed K buffer and one V buffer per layer of
+    [batch, kv_heads, capacity, head_dim] (heads, head_dim, dtype and device from that forward's K/V; `batch`
+    and `capacity` from the constructor, else from that forward), written in place from then on. The engine
+    creates one per decode with `KVCache(batch, capacity)` sized for its whole canvas, so it is never
+    reallocated; a cache built without a capacity (`KVCache()`) grows to fit, reallocating.
+
+    A forward from position 0 (re)fills it: its rows become the cache's rows (the first `rows` of the buffers,
+    a view: a refresh for fewer rows copies nothing) and its length the cached length. A forward over positions
+    [start, start + n) of the same rows writes its fresh K/V in place and attends to every cached key, so other
+    positions are served from the forward that last wrote them: Fast-dLLM's prefix and dual caches differ only
+    in which range the engine recomputes. A forward that reaches past the cached length extends it (block
+    diffusion: the cache grows by a block, and a block-causal mask hides nothing cached from it).
+
+    Attention reads the buffers up to the cached length, so a forward's key count changes only when the length
+    does (at a refresh, or block diffusion's first forward of a block): within a block every cached step has
+    the same shapes, and its logits are the ones of a cache that held exactly those keys.
     """
 
-    def __init__(self) -> None:
-        self.keys: list[Tensor] = []
-        self.values: list[Tensor] = []
-        self.inputs: Tensor | None = None  # [batch, len] token ids last fed, where a model keeps them (Dream)
+    def __init__(self, batch: int | None = None, capacity: int | None = None) -> None:
+        self.batch, self.capacity = batch, capacity
+        self.key_buffers: list[Tensor] = []  # per layer [batch, kv_heads, capacity, head_dim]
+        self.value_buffers: list[Tensor] = []
+        self.rows = 0  # the batch rows the last fill wrote: the first `rows` of the buffers
+        self.length = 0
+        self.input_buffer: Tensor | None = None  # [batch, capacity] token ids fed, where a model keeps them (Dream)
 
     def __len__(self) -> int:  # cached sequence length
-        return self.keys[0].shape[2] if self.keys else 0
+        return self.length
+
+    @property
+    def keys(self) -> list[Tensor]:
+        """Per layer, the cached keys [rows, kv_heads, len(cache), head_dim] (views of the buffers)."""
+        return [k[:self.rows, :, :self.length] for k in self.key_buffers]
+
+    @property
+    def values(self) -> list[Tensor]:
+        return [v[:self.rows, :, :self.length] for v in self.value_buffers]
+
+    @property
+    def inputs(self) -> Tensor | None:
+        """[rows, len(cache)] the token ids fed, for a model that keeps them (Dream's read-only query)."""
+        return None if self.input_buffer is None else self.input_buffer[:self.rows, :self.length]
+
+    def store_inputs(self, start: int, ids: Tensor) -> None:
+        """Keep the token ids [rows, n] of positions [start, start + n) (before the forward's `update`s)."""
+        self.input_buffer = self._fitted(self.input_buffer, ids, 1, start)
+        self.input_buffer[:ids.shape[0], start:start + ids.shape[1]] = ids
 
     def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store K/V [batch, heads, n, head_dim] of positions [start, start + n); return all cached K/V."""
-        if layer == len(self.keys):  # filling: the first forward over the canvas
-            if start != 0:
+        """Store K/V [rows, heads, n, head_dim] of positions [start, start + n); return all cached K/V."""
+        rows, end = k.shape[0], start + k.shape[2]
+        if layer == 0:  # the first layer checks the forward and moves the cached extent
+            if start > 0 and self.rows == 0:
                 raise ValueError("an empty KV cache is filled by a forward starting at position 0")
-            self.keys.append(k)
-            self.values.append(v)
-            return k, v
-        cached = self.keys[layer].shape[2]
-        if start > cached:
-            raise ValueError(f"a forward from position {start} would leave a gap after the {cached} cached ones")
-        end = start + k.shape[2]
-        if end > cached:
-            self.keys[layer] = torch.cat([self.keys[layer][:, :, :start], k], 2)
-            self.values[layer] = torch.cat([self.values[layer][:, :, :start], v], 2)
-        else:
-            self.keys[layer][:, :, start:end] = k
-            self.values[layer][:, :, start:end] = v
-        return self.keys[layer], self.values[layer]
+            if start > 0 and rows != self.rows:
+                raise ValueError(f"a forward of {rows} rows on a KV cache filled for {self.rows}: refill it from 0")
+            if start > self.length:
+                raise ValueError(f"a forward from position {start} would leave a gap after the {self.length} "
+                                 f"cached ones")
+            self.rows, self.length = rows, (end if start == 0 else max(self.length, end))
+        if layer == len(self.key_buffers):
+            self.key_buffers.append(None)
+            self.value_buffers.append(None)
+        self.key_buffers[layer] = keys = self._fitted(self.key_buffers[layer], k, 2, start)
+        self.value_buffers[layer] = values = self._fitted(self.value_buffers[layer], v, 2, start)
+        keys[:rows, :, start:end] = k
+        values[:rows, :, start:end] = v
+        return keys[:rows, :, :self.length], values[:rows, :, :self.length]
 
-    def select_rows(self, rows: Tensor) -> KVCache:
-        """A cache for a subset of the batch rows (rows that finished a block stop being fed)."""
-        out = KVCache()
-        out.keys = [k[rows] for k in self.keys]
-        out.values = [v[rows] for v in self.values]
-        out.inputs = None if self.inputs is None else self.inputs[rows]
-        return out
+    def _fitted(self, buffer: Tensor | None, fresh: Tensor, dim: int, start: int) -> Tensor:
+        """`buffer` when it has room for `fresh` (rows first, positions [start, start + n) along `dim`); else a
+        new zeroed one (the first forward, or a cache without a capacity growing) keeping positions [0, start)."""
+        end = start + fresh.shape[dim]
+        if buffer is not None and fresh.shape[0] <= buffer.shape[0] and end <= buffer.shape[dim]:
+            return buffer
+        if self.capacity is not None and end > self.capacity:
+            raise ValueError(f"a forward up to position {end} overflows the KV cache's capacity {self.capacity}")
+        shape = list(fresh.shape)
+        shape[0] = max(self.batch or 0, fresh.shape[0], 0 if buffer is None else buffer.shape[0])
+        shape[dim] = self.capacity or max(end, 0 if buffer is None else buffer.shape[dim])
+        grown = fresh.new_zeros(shape)
+        if buffer is not None and start > 0:
+            grown.narrow(dim, 0, start)[:buffer.shape[0]] = buffer.narrow(dim, 0, start)
+        return grown
 
 
 class RMSNorm(nn.Module):
