@@ -44,12 +44,12 @@ def compiled_twin(model, mode: str):
     return compile_model(copy.copy(model), mode)
 
 
-def paired_samples(runs: dict, repeats: int, calls: int, device) -> dict[str, list[float]]:
+def paired_samples(runs: dict, repeats: int, calls: int, device, warmup: int = 3) -> dict[str, list[float]]:
     """Seconds per call of each run, `repeats` samples of `calls` calls each, the runs alternating sample by
-    sample (each warmed up, compiled, first)."""
+    sample (each first run `warmup` times, untimed: any compiling happens there)."""
     samples = {label: [] for label in runs}
     for run in runs.values():
-        for _ in range(3):
+        for _ in range(warmup):
             run()
     for _ in range(repeats):
         for label, run in runs.items():
@@ -98,7 +98,7 @@ def steps(model, batch: int, prompt: int, gen_length: int, block_length: int) ->
 def bind(model, inputs, kwargs):
     if "fill" not in kwargs:
         return lambda: model(inputs)
-    cache = KVCache()
+    cache = KVCache(*kwargs["fill"].shape)  # preallocated for the canvas, as the engine does
     model(kwargs["fill"], cache=cache)
     return lambda: model(inputs, start=kwargs["start"], cache=cache)
 
@@ -151,15 +151,12 @@ def decode_table(mode: str, problems: int, repeats: int) -> None:
             seconds, ratios, same, rows, correct, margins = {"eager": 0.0, "compiled": 0.0}, [], 0, 0, {}, []
             for name, batch in batches.items():
                 ids, mask = left_pad(tokenizer, [p["prompt"] for p in batch])
-                decode = {path: (lambda m=m: generate(m, ids, config, attention_mask=mask, policy=policy))
-                          for path, m in (("eager", eager), ("compiled", compiled))}
-                decode["compiled"]()  # compiles any variant not seen yet, untimed
-                samples = paired_samples(decode, repeats, 1, eager.device)
+                samples, outs = paired_decodes({"eager": eager, "compiled": compiled}, ids, mask, config, policy,
+                                               repeats)
                 ratios.append(statistics.median(samples["eager"]) / statistics.median(samples["compiled"]))
-                outs = {path: run().tokens for path, run in decode.items()}
-                for path in outs:
+                for path, tokens in outs.items():
                     seconds[path] += statistics.median(samples[path])
-                    texts = answer_text(tokenizer, outs[path], eager.eos_token_id)
+                    texts = answer_text(tokenizer, tokens, eager.eos_token_id)
                     correct[path] = correct.get(path, 0) + sum(TASKS[name].score(p, t) for p, t in zip(batch, texts))
                 equal = (outs["eager"] == outs["compiled"]).all(-1)
                 same, rows = same + int(equal.sum()), rows + len(batch)
@@ -171,6 +168,18 @@ def decode_table(mode: str, problems: int, repeats: int) -> None:
                   f" | {same}/{rows} | {correct['eager'] / rows:.3f} | {correct['compiled'] / rows:.3f} | {flips} |",
                   flush=True)
     print(f"<!-- embedded default compiled graphs: {compile_stats(compiled)} -->")
+
+
+def paired_decodes(models: dict, ids, mask, config, policy, repeats: int) -> tuple[dict, dict]:
+    """`paired_samples` of whole decodes by each model (one untimed first: it compiles what it has not yet), and
+    each model's tokens."""
+    outs = {}
+
+    def decode(path):
+        def run():
+            outs[path] = generate(models[path], ids, config, attention_mask=mask, policy=policy).tokens
+        return run
+    return paired_samples({path: decode(path) for path in models}, repeats, 1, ids.device, warmup=1), outs
 
 
 def flip_margin(model, prompt, mask, eager_tokens, compiled_tokens) -> float:

@@ -74,8 +74,8 @@ def test_a_graph_past_the_limit_is_an_error_not_a_silent_eager_fallback(compiled
 
 def test_lm_eval_model_arg_warms_up_the_compile_and_records_the_path():
     lm = DLLM("tiny", compile="default", block_length=8, batch_size=1, warmup=1)
-    request = Instance("generate_until", {}, ("math : ann has 5 apples . ann finds 3 more . how many apples "
-                                              "does ann have ?", {"until": [], "max_gen_toks": 16}), 0, ("t", 0, 1))
+    prompt = "math : ann has 5 apples . ann finds 3 more . how many apples does ann have ?"
+    request = Instance("generate_until", {}, (prompt, {"until": [], "max_gen_toks": 16}), 0, ("t", 0, 1))
     lm.generate_until([request, request])
     protocol = lm.protocol()["compile"]
     assert protocol["compile"] == "default" and protocol["compiled_graphs"] >= 1

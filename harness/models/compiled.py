@@ -5,8 +5,10 @@
                      chains (fp32 RMSNorm, RoPE and its casts, SwiGLU, residual adds) fuse into a few kernels
                      around the GEMMs and SDPA, and the per-op Python/dispatcher overhead goes
     reduce-overhead  the same plus CUDA graphs (inductor's cudagraph trees): a replayed step launches no kernel
-                     from Python. GPU only; untested in CI (no GPU there); inductor skips the graph, and says so,
-                     for a step it cannot capture (e.g. one that mutates a cache tensor it does not own)
+                     from Python. On a GPU only (on a CPU it is `default`); NOT yet run on a GPU. The KV cache's
+                     buffers are allocated by an eager first fill and marked static addresses (gpt-fast's way),
+                     so that the cached steps that write them in place can be captured; inductor skips the
+                     graph, and logs why, for a step it cannot capture
 
 The model's own `forward` is compiled in place, so the engine's one loop, the model's type and its attributes are
 unchanged. Dynamo guards separate the variants the loop calls: the full canvas (with or without a key mask, 2-D or
@@ -57,8 +59,17 @@ def compile_model(model: torch.nn.Module, mode: str = "default") -> torch.nn.Mod
     stats = CompileStats(mode)
     graphs = torch._dynamo.utils.counters["stats"]
 
-    @functools.wraps(model.forward)
+    eager = model.forward
+
+    @functools.wraps(eager)
     def forward(*args, **kwargs):
+        cache = kwargs.get("cache")
+        if mode == "reduce-overhead" and cache is not None and not cache.key_buffers:
+            out = eager(*args, **kwargs)  # allocates the buffers outside any CUDA graph's memory pool
+            for buffer in (*cache.key_buffers, *cache.value_buffers, cache.input_buffer):
+                if buffer is not None:  # input_buffer: Dream's fed ids
+                    torch._dynamo.mark_static_address(buffer)
+            return out
         before, start = graphs["unique_graphs"], time.perf_counter()
         out = compiled(*args, **kwargs)
         if graphs["unique_graphs"] != before:  # this call compiled: its seconds are compile time
