@@ -108,11 +108,13 @@ def step_table(label: str, model, mode: str, batch: int, prompt: int, gen_length
                repeats: int, calls: int, bandwidth: float | None) -> None:
     compiled = compiled_twin(model, mode)
     device = model.device
+    medians = {}
     for step, (inputs, kwargs) in steps(model, batch, prompt, gen_length, block_length).items():
         runs = {"eager": bind(model, inputs, kwargs), "compiled": bind(compiled, inputs, kwargs)}
         samples = paired_samples(runs, repeats, calls, device)
         ratios = [e / c for e, c in zip(samples["eager"], samples["compiled"])]
         cells = []
+        medians[step] = {path: median_iqr(times)[0] for path, times in samples.items()}
         for path, run in runs.items():
             ops, kernel_ms = ops_per_forward(run, device)
             wall, iqr = median_iqr(samples[path])
@@ -124,7 +126,10 @@ def step_table(label: str, model, mode: str, batch: int, prompt: int, gen_length
             limit = f" | {median_iqr(samples['compiled'])[0] / (weight_bytes / (bandwidth * 1e9)):.1f}x"
         print(f"| {label} | b{batch} p{prompt} | {step} | {cells[0]} | {cells[1]} | "
               f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}){limit} |", flush=True)
-    print(f"<!-- {label} compiled graphs: {compile_stats(compiled)} -->")
+    print(f"<!-- {label} b{batch} p{prompt}: dual step's speed-up over a full step, eager "
+          f"{medians['full']['eager'] / medians['dual']['eager']:.2f}x, compiled "
+          f"{medians['full']['compiled'] / medians['dual']['compiled']:.2f}x; compiled graphs "
+          f"{compile_stats(compiled)} -->")
 
 
 def step_header(gpu: bool, bandwidth: float | None) -> None:
