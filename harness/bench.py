@@ -263,6 +263,7 @@ def main(argv=None) -> None:
     compiled.add_argument("--prompt-lengths", type=int, nargs="*", help="prompt lengths (default: --prompt-length)")
     compiled.add_argument("--bandwidth", type=float, help="peak memory bandwidth, GB/s (GPU: 3350 H100, 4800 H200)")
     compiled.add_argument("--problems", type=int, default=50, help="test problems per synthetic task (decodes)")
+    compiled.add_argument("--decode-batch", type=int, default=50, help="rows per decode (the quickstart's 50)")
     compiled.add_argument("--decode-repeats", type=int, default=3, help="timed decodes per path, task and run")
     args = parser.parse_args(argv)
     if args.threads:

@@ -15,7 +15,8 @@ machine's load hits both alike; medians with the IQR of the samples, and the spr
    prompt length.
 2. Decodes (CPU, the embedded default and its Learn2PD filter): whole-decode wall time of baseline, threshold 0.9
    and learned, each without and with the dual cache, on `--problems` test problems of each synthetic task (one
-   batch per task, G 32, B 8): eager and compiled per task alternately; the ratio's median and range over tasks.
+   batch of up to `--decode-batch` per task, G 32, B 8): eager and compiled per batch alternately; the ratio's
+   median and range over batches.
    The same decodes give the exactness figures: the share of rows whose tokens are identical, the accuracy of
    both paths, and for rows that differ the first differing position's eager top-2 logit margin.
 The compile itself (first call of each variant) happens in an untimed warm-up; the graphs it built are printed.
@@ -140,21 +141,23 @@ def step_header(gpu: bool, bandwidth: float | None) -> None:
 
 
 @torch.no_grad()
-def decode_table(mode: str, problems: int, repeats: int) -> None:
+def decode_table(mode: str, problems: int, repeats: int, batch_size: int) -> None:
     """Whole decodes of the embedded default, eager vs compiled, and their exactness (module docstring, 2)."""
     eager = load_model("tiny")
     compiled = compiled_twin(eager, mode)
     tokenizer = eager.tokenizer
-    print("\n| run | eager s (sum over tasks) | compiled s | eager/compiled median (range over tasks) | rows "
-          "identical | accuracy eager | accuracy compiled | flips: first differing position's eager top-2 margin |"
+    print(f"\n| run (batch {batch_size}) | eager s (sum) | compiled s | eager/compiled median (range over "
+          "batches) | rows identical | accuracy eager | accuracy compiled | flips: first differing position's "
+          "eager top-2 margin |"
           "\n|---|---|---|---|---|---|---|---|")
-    batches = {name: [p.__dict__ for p in held_out(task)["test"][:problems]] for name, task in TASKS.items()}
+    tests = {name: [p.__dict__ for p in held_out(task)["test"][:problems]] for name, task in TASKS.items()}
+    batches = [(name, ps[i:i + batch_size]) for name, ps in tests.items() for i in range(0, len(ps), batch_size)]
     for label, settings in DECODE_RUNS:
         for cache in ("none", "dual"):
             config = DecodeConfig.create(gen_length=32, block_length=8, cache=cache, **settings)
             policy = config.build_policy()
             seconds, ratios, same, rows, correct, margins = {"eager": 0.0, "compiled": 0.0}, [], 0, 0, {}, []
-            for name, batch in batches.items():
+            for name, batch in batches:
                 ids, mask = left_pad(tokenizer, [p["prompt"] for p in batch])
                 samples, outs = paired_decodes({"eager": eager, "compiled": compiled}, ids, mask, config, policy,
                                                repeats)
@@ -222,4 +225,4 @@ def run_compile_bench(args, presets: dict, llada_config) -> None:
                        1 if gpu else 2, args.bandwidth)
     del model
     if not gpu:
-        decode_table(mode, args.problems, args.decode_repeats)
+        decode_table(mode, args.problems, args.decode_repeats, args.decode_batch)
