@@ -17,6 +17,11 @@ from each row's first real token (block(t) = t // B), so the first decoded block
 canvas runs to the end of the last block; every forward gets the block-causal mask (a query sees the keys of its
 own and earlier blocks) and is fed only up to the current block's end. Its prefix cache is therefore exact: a
 block's first forward also rewrites the previous block with its final tokens, later ones feed the block only.
+
+Static shapes: a cached decode has one `KVCache(batch, canvas length)`, allocated at its first forward and
+written in place; rows that finish a block stay in the forwards' batch until the block ends (their outputs
+dropped), so a block's cached steps keep their shapes. Per step the host waits for the device once (which rows
+still decode); `harness.syncs.count_host_syncs` counts these waits.
 """
 from __future__ import annotations
 
@@ -90,6 +95,38 @@ class DecodeOutput:
     config: DecodeConfig | None = field(default=None, repr=False)
 
 
+class StepClock:
+    """When each step's work was done, without making the host wait for the device at every step: on CUDA an
+    event recorded after each step (read once, at the end), on the CPU the host clock (its work is done when
+    the call returns), elsewhere the host clock after a device synchronisation."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.start, self.marks = device, time.perf_counter(), []
+        self.events = device.type == "cuda"
+        if self.events:
+            self.origin = torch.cuda.Event(enable_timing=True)
+            self.origin.record()
+
+    def mark(self) -> None:
+        if self.events:
+            self.marks.append(torch.cuda.Event(enable_timing=True))
+            self.marks[-1].record()
+            return
+        if self.device.type != "cpu":
+            torch.get_device_module(self.device).synchronize()
+        self.marks.append(time.perf_counter() - self.start)
+
+    def finish_times(self, step: Tensor) -> Tensor:
+        """[batch] seconds from the start to the end of each row's `step` (-1: never finished: until now)."""
+        if self.events:
+            torch.cuda.synchronize(self.device)
+            marks = [self.origin.elapsed_time(event) / 1000 for event in self.marks]
+        else:
+            marks = self.marks
+        now = time.perf_counter() - self.start
+        return torch.tensor(marks + [now], dtype=torch.float64)[step.cpu()].float()
+
+
 class NonFiniteLogits(RuntimeError):
     """The model produced NaN or +inf logits: its predictions mean nothing, so the decode stops."""
 
@@ -106,6 +143,7 @@ class Canvas:
         self.mask_id, self.eos_id = mask_id, eos_id
         self.positions = torch.arange(self.x.shape[1], device=device)
         self.end = torch.full((batch,), self.x.shape[1], device=device)
+        self.may_be_cut = False  # host-side: until a cut, every row ends at the canvas's end (no device read)
         prompt_keys = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None \
             else attention_mask.bool()
         self.keys = torch.cat([prompt_keys, prompt_keys.new_ones((batch, gen_length))], dim=1)
@@ -125,15 +163,20 @@ class Canvas:
 
     def key_mask(self, rows: Tensor, length: int) -> Tensor | None:
         """Keys to attend to over positions [0, length); None when every key is valid (fast path)."""
-        if not self.padded and bool((self.end[rows] >= length).all()):
+        if not self.padded and (not self.may_be_cut or bool((self.end[rows] >= length).all())):
             return None
         return self.keys[rows, :length]
 
+    def end_max(self, rows: Tensor) -> int:
+        """The furthest end among `rows` (a device read only once a row may have been cut)."""
+        return int(self.end[rows].max()) if self.may_be_cut else self.x.shape[1]
+
     def cut(self, rows: Tensor, new_end: Tensor) -> None:
         """Shorten rows to end at `new_end` (exclusive); what lies beyond becomes EOS and is never fed again."""
+        self.may_be_cut = True
         self.end[rows] = torch.minimum(self.end[rows], new_end)
         beyond = self.positions >= self.end[:, None]
-        self.x[beyond] = self.eos_id
+        self.x.masked_fill_(beyond, self.eos_id)
         self.keys &= ~beyond
 
 
@@ -212,10 +255,8 @@ def eotp_end(canvas: Canvas, rows: Tensor, logits: Tensor, lo: int, committed_eo
     position (among those this forward produced logits for) predicts EOS, it ends after the most confident."""
     x = canvas.x[rows, lo:lo + logits.shape[1]]
     candidates = (x == canvas.mask_id) & (logits.argmax(-1) == canvas.eos_id)
-    eos_conf = torch.full(candidates.shape, float("-inf"), device=logits.device)
-    if candidates.any():  # log p(EOS), only where EOS is the prediction
-        picked = logits[candidates].float()
-        eos_conf[candidates] = picked[:, canvas.eos_id] - picked.logsumexp(-1)
+    logits = logits.float()  # log p(EOS), read only where EOS is the prediction (computed everywhere: no sync)
+    eos_conf = (logits[..., canvas.eos_id] - logits.logsumexp(-1)).masked_fill(~candidates, float("-inf"))
     predicted_end = lo + eos_conf.argmax(-1) + 1
     first_committed = s + committed_eos.int().argmax(-1) + 1
     no_cut = canvas.end[rows]
@@ -240,8 +281,8 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             return _by_residue(model, input_ids, config, attention_mask, reference, trace, policy, padding)
         # drop the padding every row has: what is left is a multiple of B, so blocks are t // B for every row
         input_ids, attention_mask = input_ids[:, int(padding.min()):], attention_mask[:, int(padding.min()):]
-    start_time = time.perf_counter()
     device = model.device
+    clock = StepClock(device)
     input_ids = input_ids.to(device)
     batch, P, G, B = input_ids.shape[0], input_ids.shape[1], config.gen_length, config.block_length
     if blockwise:  # blocks from position 0: the first decoded one may hold the prompt tail; fill the last one
@@ -258,7 +299,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
     S = policy.steps_per_block(config)
     steps_per_block = torch.zeros(batch, num_blocks, dtype=torch.long, device=device)
     committed_log: list[Tensor] = []  # [batch] per global step; -1 for rows not fed at that step
-    finish_time = torch.full((batch,), float("nan"))
+    finish_step = torch.full((batch,), -1, dtype=torch.long, device=device)  # global step a row's last mask went
     records: list[dict] = []
     all_rows = torch.arange(batch, device=device)
 
@@ -304,16 +345,16 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             if step == 0 and (cache is None or resume == 0):
                 fed = rows
             if cache is None and not blockwise:
-                lo, hi = 0, min(int(canvas.end[rows].max()), horizon)
+                lo, hi = 0, min(canvas.end_max(rows), horizon)
                 logits = policy.forward(model, canvas.x[rows, :hi], canvas.key_mask(rows, hi), memory, rows, s, e)
                 hi = logits.shape[1]  # a rule may feed a truncated canvas
                 fed = rows
             else:
                 if cache is None:  # block diffusion
-                    lo, hi = 0, min(int(canvas.end[rows].max()), horizon)
+                    lo, hi = 0, min(canvas.end_max(rows), horizon)
                     keys = hi
                 elif step == 0:  # refresh: the whole canvas (a fill), or (block diffusion) the previous block and this
-                    lo, hi = resume, min(int(canvas.end[rows].max()), horizon)
+                    lo, hi = resume, min(canvas.end_max(rows), horizon)
                     keys = hi if lo == 0 else max(len(cache), hi)
                 else:
                     lo, hi = s, (min(e, len(cache)) if config.cache == "dual" else len(cache))
@@ -360,8 +401,9 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
             committed_log.append(counts)
             if trace:
                 records.append(_trace_record(rows, block, s - P, step, B, state, commit, inside))
-            done = ~(canvas.x[:, P:] == canvas.mask_id).any(-1).cpu() & finish_time.isnan()
-            finish_time[done] = time.perf_counter() - start_time
+            done = ~(canvas.x[:, P:] == canvas.mask_id).any(-1) & (finish_step < 0)
+            finish_step.masked_fill_(done, len(committed_log) - 1)
+            clock.mark()
             step += 1
         _check_finite(confidence_sum, block)
         # block diffusion: the cache is exact before this block, whose final K/V the next refresh writes
@@ -375,7 +417,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, attention_mask: 
         nfe=steps_per_block.clamp(min=0).sum(1),
         steps_per_block=steps_per_block,
         tokens_per_step=[[c for c in row if c >= 0] for row in per_step],
-        wall_time=torch.nan_to_num(finish_time, nan=time.perf_counter() - start_time),
+        wall_time=clock.finish_times(finish_step),
         eotp_skipped=(P + G - canvas.end).clamp(min=0),
         remasked=remasked,
         trace=_stack_trace(records) if trace else None,

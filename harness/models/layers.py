@@ -27,7 +27,9 @@ class KVCache:
 
     Attention reads the buffers up to the cached length, so a forward's key count changes only when the length
     does (at a refresh, or block diffusion's first forward of a block): within a block every cached step has
-    the same shapes, and its logits are the ones of a cache that held exactly those keys.
+    the same shapes, and its logits are bit for bit those of a cache that held exactly those keys. (Reading the
+    whole buffer under a mask that hides the rest would keep block diffusion's shapes across blocks too, but
+    SDPA then sums over more, zero-weighted keys and the logits move in the last bits.)
     """
 
     def __init__(self, batch: int | None = None, capacity: int | None = None) -> None:
