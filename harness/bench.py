@@ -2,6 +2,7 @@
 
     python -m harness.bench                       # random LLaDA, d_model 512, 8 layers, CPU
     python -m harness.bench --preset llada-8b --device cuda --dtype bfloat16 --families published   # on a GPU
+    python -m harness.bench --compile ...         # eager vs compiled forward instead (harness/bench_compile.py)
 
 Prints figures; nothing here is asserted. Random weights make the NFE of confidence-driven strategies close to the
 baseline's: the point is the cost of the machinery, not decoding quality. It ends with the learned filter's cost per
@@ -298,9 +299,21 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--families", choices=[*FAMILY_SHAPES, "none"], default="small",
                         help="the LLaDA / Dream / LLaDA2 step table at these shapes (published: on a GPU)")
+    compiled = parser.add_argument_group("eager vs compiled (--compile; see harness/bench_compile.py)")
+    compiled.add_argument("--compile", action="store_true", help="run the eager vs compiled tables instead")
+    compiled.add_argument("--compile-mode", choices=["default", "reduce-overhead"], default="default")
+    compiled.add_argument("--batches", type=int, nargs="*", help="batch sizes of the step table (default: --batch)")
+    compiled.add_argument("--prompt-lengths", type=int, nargs="*", help="prompt lengths (default: --prompt-length)")
+    compiled.add_argument("--bandwidth", type=float, help="peak memory bandwidth, GB/s (GPU: 3350 H100, 4800 H200)")
+    compiled.add_argument("--problems", type=int, default=50, help="test problems per synthetic task (decodes)")
+    compiled.add_argument("--decode-batch", type=int, default=50, help="rows per decode (the quickstart's 50)")
+    compiled.add_argument("--decode-repeats", type=int, default=3, help="timed decodes per path, task and run")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile:
+        from .bench_compile import run_compile_bench
+        return run_compile_bench(args, PRESETS, _llada_config)
     runs = [r for r in RUNS if not args.runs or r[0] in args.runs]
     if args.runs and len(runs) != len(args.runs):
         parser.error(f"unknown run label; choose from {[label for label, _ in RUNS]}")

@@ -72,7 +72,8 @@ def cell_settings(cfg: DictConfig, device: str) -> dict:
 def get_model(model_cfg: dict, device: str):
     from .models import load_model
     dtype = getattr(torch, model_cfg["dtype"] or ("bfloat16" if device.startswith("cuda") else "float32"))
-    options = {k: model_cfg[k] for k in ("shift_logits", "trust_remote_code", "mask_token_id", "eos_token_id")}
+    options = {k: model_cfg[k] for k in ("shift_logits", "trust_remote_code", "mask_token_id", "eos_token_id",
+                                         "compile")}
     key = (model_cfg["path"], dtype, device, *options.values())
     if key not in _LOADED:
         _LOADED.clear()  # one model at a time
@@ -114,10 +115,13 @@ def check_cell(settings: dict) -> dict:
 
 def check_run_settings(settings: dict) -> None:
     """Range checks the schema's types cannot express (written so that NaN fails them too)."""
+    from .models.compiled import COMPILE_MODES
     task, limit = settings["task"], settings["task"]["limit"]
     rules = [("batch_size", settings["batch_size"], settings["batch_size"] >= 1, "an integer >= 1"),
              ("warmup", settings["warmup"], settings["warmup"] >= 0, "an integer >= 0"),
              ("pair_rounds", settings["pair_rounds"], settings["pair_rounds"] >= 0, "an integer >= 0"),
+             ("model.compile", settings["model"]["compile"], settings["model"]["compile"] in COMPILE_MODES,
+              f"one of {', '.join(COMPILE_MODES)}"),
              ("task.limit", limit, limit is None or limit > 0,
               "a number of problems >= 1 or a fraction in (0, 1)"),
              ("task.num_fewshot", task["num_fewshot"], task["num_fewshot"] is None or task["num_fewshot"] >= 0,

@@ -58,6 +58,7 @@ class ModelSchema:
     block_length: int = 32  # the block length decoding uses unless told otherwise
     filter: Optional[str] = None  # the Learn2PD filter `decoding=learned` uses unless told otherwise
     filter_threshold: float = 0.96  # and its tau_f (the paper's 0.96; a shipped filter may bring its own)
+    compile: str = "none"  # none | default | reduce-overhead (CUDA graphs): see harness/models/compiled.py
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..decoding import LOOP_SWITCHES, POLICIES, ConfigError, DecodeConfig, generate
 from ..decoding.policy import hint_options
 from ..decoding.engine import NonFiniteLogits
-from ..models import load_model
+from ..models import compile_model, compile_stats, load_model
 from ..models.loading import model_folder
 from ..models.metered import synchronize
 from ..timing import paired_ratios, process_seconds
@@ -147,7 +147,8 @@ class DLLM(LM):
                  chat_template: bool | None = None, raw_prompt_tasks=("humaneval",), warmup: int = 1,
                  mc_num: int = 128, mc_batch_size: int = 32, dtype: str | None = None, device: str | None = None,
                  shift_logits: bool = False, trust_remote_code: bool = False, mask_token_id: int | None = None,
-                 eos_token_id: int | None = None, trace: bool = False, max_batch_size=None, **decoding_fields):
+                 eos_token_id: int | None = None, trace: bool = False, compile: str | None = None,
+                 max_batch_size=None, **decoding_fields):
         super().__init__()
         if isinstance(decoding, DecodeConfig):
             decoding = decoding.to_dict()
@@ -171,7 +172,9 @@ class DLLM(LM):
                 raise ConfigError(f"dtype={dtype}: not a torch dtype (float32, bfloat16, float16)")
             model = load_model(model, dtype=getattr(torch, dtype), device=device, shift_logits=shift_logits,
                                trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
-                               eos_token_id=eos_token_id)
+                               eos_token_id=eos_token_id, compile=compile or "none")
+        elif compile not in (None, "none"):  # an already loaded model: compiled here, before anything is timed
+            model = compile_model(model, compile)
         self.model, self.tokenizer = model, model.tokenizer
         self.chat_template = (getattr(self.tokenizer, "chat_template", None) is not None
                               if chat_template is None else bool(chat_template))
@@ -183,6 +186,7 @@ class DLLM(LM):
         self.timed = {"wall_seconds": 0.0, "cpu_seconds": 0.0}  # every timed decode, for the trust rule
         self.first_batch = None  # (prompts, config, stop strings) of the first batch, for the paired speedup
         self._warmed_up = False
+        self.timed_compile = {"compiled_graphs": 0, "compile_seconds": 0.0}  # graphs compiled by timed decodes
 
     # ---------------------------------------------------------------- lm-eval interface
     @property
@@ -228,7 +232,7 @@ class DLLM(LM):
             prompts = dict(zip(indices, self.tokenizer(texts).input_ids))  # tokenized once, then batched
             order = sorted(indices, key=lambda i: -len(prompts[i]))
             if not self._warmed_up:
-                self._warm_up([prompts[order[0]]], config)
+                self._warm_up([prompts[i] for i in order[:self.batch_size]], config)
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
                 self.first_batch = self.first_batch or ([prompts[i] for i in chunk], config, until)
@@ -259,9 +263,13 @@ class DLLM(LM):
                                   "generate_until, loglikelihood or multiple_choice tasks")
 
     # ---------------------------------------------------------------- decoding and statistics
-    def _warm_up(self, prompts: list[list[int]], config: DecodeConfig) -> None:
+    def _warm_up(self, batch: list[list[int]], config: DecodeConfig) -> None:
+        """`warmup` untimed decodes of the longest prompt; with a compiled model also of a full first batch,
+        since batch 1 and batch > 1 are separate graphs. Graphs compiled later are counted in the protocol."""
+        compiled = compile_stats(self.model)["compile"] != "none"
         for _ in range(self.warmup):
-            list(self._decode(prompts, config, []))
+            for prompts in [batch[:1]] + ([batch] if compiled and len(batch) > 1 else []):
+                list(self._decode(prompts, config, []))
         self._warmed_up = True
 
     @torch.no_grad()
@@ -273,6 +281,7 @@ class DLLM(LM):
         if policy.needs_reference:  # the oracle replays a baseline decode (not timed)
             reference = generate(self.model, ids, config.with_strategy("baseline"), attention_mask=mask,
                                  policy=self.reference_policy).tokens
+        compiled_before = compile_stats(self.model)
         synchronize(self.device)
         start, cpu_start = process_seconds()
         out = generate(self.model, ids, config, attention_mask=mask, reference=reference, trace=self.trace,
@@ -280,6 +289,9 @@ class DLLM(LM):
         synchronize(self.device)
         end, cpu_end = process_seconds()
         seconds = end - start
+        if self._warmed_up:  # compilation inside a timed decode: reported, never hidden
+            for key in self.timed_compile:
+                self.timed_compile[key] += compile_stats(self.model)[key] - compiled_before[key]
         self.timed["wall_seconds"] += seconds
         self.timed["cpu_seconds"] += cpu_end - cpu_start
         eos = self.model.eos_token_id
@@ -357,7 +369,9 @@ class DLLM(LM):
                 else "cpu", "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
                 "batch_size": self.batch_size, "warmup": self.warmup, "repeats": 1, "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "decoding": self.decoding.to_dict() |
-                {"gen_length": self.fixed_gen_length or "max_gen_toks"}}
+                {"gen_length": self.fixed_gen_length or "max_gen_toks"},
+                # which forward was timed; graphs compiled inside timed decodes (0 once the warm-up covered them)
+                "compile": compile_stats(self.model) | {f"timed_{k}": v for k, v in self.timed_compile.items()}}
 
     def speed(self, task: str) -> dict:
         """Aggregate speed of one task's generate_until requests."""

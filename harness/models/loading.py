@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .compiled import check_compile_mode, compile_model
 from .dream import Dream
 from .llada import LLaDA
 from .llada2 import LLaDA2
@@ -157,12 +158,15 @@ def load_native(cls: type[torch.nn.Module], folder: Path, dtype: torch.dtype, de
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", *,
                shift_logits: bool = False, trust_remote_code: bool = False,
-               mask_token_id: int | None = None, eos_token_id: int | None = None):
+               mask_token_id: int | None = None, eos_token_id: int | None = None, compile: str = "none"):
     """Load a dLLM from a local folder, or a shipped one by name ("tiny": the embedded default).
 
     A folder whose config.json names a native `model_type` (see `native_models`) loads into that implementation
     (KV cache supported); any other folder loads as a transformers masked LM (`AutoModelForMaskedLM`).
+    `compile`: none (eager), default or reduce-overhead (see harness/models/compiled.py); it compiles lazily, on
+    each variant's first forward.
     """
+    check_compile_mode(compile)
     folder = model_folder(path)
     model_type = read_json(folder / "config.json").get("model_type")
     native = native_models().get(model_type)
@@ -170,11 +174,13 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
         if shift_logits:
             raise ValueError(f"shift_logits applies to transformers masked LMs; the native {model_type} model "
                              f"aligns its own logits")
-        return load_native(native, folder, dtype, device, mask_token_id=mask_token_id, eos_token_id=eos_token_id)
-    from .masked_lm import MaskedLM
-    return MaskedLM.from_folder(folder, dtype=dtype, device=device, shift_logits=shift_logits,
-                                trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
-                                eos_token_id=eos_token_id, tokenizer=_load_tokenizer(folder, trust_remote_code))
+        model = load_native(native, folder, dtype, device, mask_token_id=mask_token_id, eos_token_id=eos_token_id)
+    else:
+        from .masked_lm import MaskedLM
+        model = MaskedLM.from_folder(folder, dtype=dtype, device=device, shift_logits=shift_logits,
+                                     trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
+                                     eos_token_id=eos_token_id, tokenizer=_load_tokenizer(folder, trust_remote_code))
+    return compile_model(model, compile)
 
 
 def save_llada(model: LLaDA, folder: str | Path) -> Path:
