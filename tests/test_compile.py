@@ -90,3 +90,15 @@ def test_compile_setting_flows_through_hydra_and_fails_before_weights_load(tmp_p
     assert "model.compile=fast: must be one of none, default, reduce-overhead" in error
     with pytest.raises(ValueError, match="model.compile='fast': choose one of none, default, reduce-overhead"):
         load_model("/no/such/folder", compile="fast")  # the setting is checked before the folder
+
+
+def test_dream_compiles_and_llada2_is_refused_before_its_weights_load(tmp_path):
+    from .conftest import SHARED
+    dream_folder = SHARED / "fixtures" / "dream_tiny"
+    eager, fast = load_model(dream_folder), load_model(dream_folder, compile="default")
+    ids, mask = padded_prompts((10, 7))
+    config = DecodeConfig(gen_length=16, block_length=8, cache="dual", strategy="threshold")
+    a, b = generate(eager, ids, config, attention_mask=mask), generate(fast, ids, config, attention_mask=mask)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.nfe, b.nfe)
+    with pytest.raises(ValueError, match="model.compile=default: the native llada2_moe model is not compiled yet"):
+        load_model(SHARED / "fixtures" / "llada2_tiny", compile="default", mask_token_id=310, eos_token_id=257)

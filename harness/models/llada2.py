@@ -239,6 +239,8 @@ class LLaDA2(NativeLM):
 
     block_diffusion = True
     config_class = LLaDA2Config
+    # torch.compile needs one graph per forward; the dispatch's split sizes are read from the device
+    no_compile_because = "its MoE dispatch splits tokens by counts read from the device"
 
     def __init__(self, cfg: LLaDA2Config, tokenizer=None):
         super().__init__()

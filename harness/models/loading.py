@@ -171,6 +171,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     model_type = read_json(folder / "config.json").get("model_type")
     native = native_models().get(model_type)
     if native is not None:
+        if compile != "none" and getattr(native, "no_compile_because", ""):
+            raise ValueError(f"model.compile={compile}: the native {model_type} model is not compiled yet "
+                             f"({native.no_compile_because}); use model.compile=none")
         if shift_logits:
             raise ValueError(f"shift_logits applies to transformers masked LMs; the native {model_type} model "
                              f"aligns its own logits")
