@@ -294,7 +294,8 @@ def _shape(**sizes) -> LLaDA2Config:
 
 
 # Shapes for random models (benchmarks, tests). mini: inclusionAI/LLaDA2.1-mini config.json (LLaDA2.0-mini: same
-# sizes; 16B total, 1.4B active). flash: LLaDA2.0/2.1-flash (100B total, 6.1B active), whose config.json was not readable
+# sizes; 16B total, 1.4B active). flash: LLaDA2.0/2.1-flash (100B total, 6.1B active), whose config.json was not
+# readable
 # here: these sizes reproduce exactly the parameter count published for Ling-flash-2.0, the backbone it continues
 # (102,889,697,280 bf16 + 7,936 fp32 expert biases = 31 MoE layers × 256 experts; 6.15B active, 4.86B without
 # the embeddings); its routing (top-8, 8 groups, 4 kept) is assumed equal to mini's. small, tiny: CPU shapes
