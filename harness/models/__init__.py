@@ -8,5 +8,6 @@ from .llada2 import LLADA2_SHAPES, LLaDA2, LLaDA2Config, llada2_config, random_l
 from .loading import load_model, save_llada
 from .masked_lm import MaskedLM
 
-__all__ = ["COMPILE_MODES", "LLADA2_SHAPES", "Dream", "DreamConfig", "KVCache", "LLaDA", "LLaDA2", "LLaDA2Config", "LLaDAConfig",
-           "MaskedLM", "compile_model", "compile_stats", "llada2_config", "load_model", "random_dream", "random_llada", "random_llada2", "save_llada"]
+__all__ = ["COMPILE_MODES", "LLADA2_SHAPES", "Dream", "DreamConfig", "KVCache", "LLaDA", "LLaDA2", "LLaDA2Config",
+           "LLaDAConfig", "MaskedLM", "compile_model", "compile_stats", "llada2_config", "load_model",
+           "random_dream", "random_llada", "random_llada2", "save_llada"]

@@ -166,7 +166,8 @@ class NativeLM(nn.Module):
     def reset_buffers(self) -> None:
         """Compute the non-persistent buffers (RoPE frequencies) on the weights' device (after a meta build)."""
         cfg = self.config
-        exponents = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=self.device) / cfg.head_dim
+        width = getattr(cfg, "rotary_dim", cfg.head_dim)  # LLaDA2 rotates only part of each head
+        exponents = torch.arange(0, width, 2, dtype=torch.float32, device=self.device) / width
         self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** exponents, persistent=False)
 
     @property

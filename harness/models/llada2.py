@@ -251,23 +251,7 @@ class LLaDA2(NativeLM):
         self.model.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.model.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)  # untied
-        self.register_buffer("inv_freq", torch.empty(cfg.rotary_dim // 2), persistent=False)
         self.reset_buffers()
-
-    def reset_buffers(self) -> None:
-        """Compute the non-persistent buffers (RoPE frequencies) on the weights' device (after a meta build)."""
-        width = self.config.rotary_dim
-        steps = torch.arange(0, width, 2, dtype=torch.float32, device=self.device)
-        self.inv_freq = 1.0 / self.config.rope_theta ** (steps / width)
-
-    def rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos, sin [.., n, rotary_dim] for positions [n] or [batch, n]: computed in fp32, then cast to the
-        activations' dtype as the reference does."""
-        angles = positions.to(self.inv_freq.device, torch.float32)[..., None] * self.inv_freq
-        angles = torch.cat((angles, angles), dim=-1)
-        if angles.dim() == 3:  # per row: broadcast over the heads
-            angles = angles[:, None]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, start: int = 0,
                 cache: KVCache | None = None, position_ids: Tensor | None = None) -> Tensor:
@@ -282,7 +266,7 @@ class LLaDA2(NativeLM):
         x = self.model.word_embeddings(input_ids)
         if position_ids is None:
             position_ids = torch.arange(start, start + input_ids.shape[1], device=self.inv_freq.device)
-        rope = self.rope(position_ids, x.dtype)
+        rope = tuple(r.to(x.dtype) for r in self.rope(position_ids))  # fp32 tables, cast as the reference does
         for index, layer in enumerate(self.model.layers):
             x = layer(x, rope, mask, cache, index, start)
         return self.lm_head(self.model.norm(x))
